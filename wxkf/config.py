@@ -1,0 +1,185 @@
+"""Configuration: built-in defaults, then a TOML file, then `WXKF_<KEY>` environment variables.
+
+This is the only module that reads the environment. `load()` raises one ConfigError naming every
+missing or invalid key, so an operator fixes them all in one go.
+"""
+import base64
+import binascii
+import dataclasses
+import os
+import re
+import tomllib
+from pathlib import Path
+
+from . import defaults
+from .errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    token: str = "wxkfdemotoken"
+    aes_key: str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+    appid: str = "wxdemo0000000000"
+    secret: str = "demosecret"
+    corpid: str = ""
+    kf_secret: str = ""
+    kf_token: str = ""
+    kf_aes_key: str = ""
+    redis_url: str = ""
+    api_base: str = "https://api.weixin.qq.com"
+    wecom_api_base: str = "https://qyapi.weixin.qq.com"
+    knowledge: str = "knowledge"
+    model: str = ""
+    bind: str = "127.0.0.1:8000"
+    var_dir: str = "var"
+    web_workers: int = 2
+    max_body_bytes: int = defaults.MAX_BODY_BYTES
+    timestamp_window: int = defaults.TIMESTAMP_WINDOW
+    dedup_ttl: int = defaults.DEDUP_TTL
+    inbox_shards: int = defaults.INBOX_SHARDS
+    lease_seconds: float = defaults.LEASE_SECONDS
+    heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS
+    typing: bool = True
+    sandbox: bool = False
+    sandbox_bind: str = "127.0.0.1:8001"
+    log_level: str = "INFO"
+
+    def path(self, value):
+        """A path from the config, relative paths taken from the project root."""
+        p = Path(value)
+        return p if p.is_absolute() else ROOT / p
+
+    @property
+    def knowledge_dir(self):
+        return self.path(self.knowledge)
+
+    @property
+    def var_path(self):
+        return self.path(self.var_dir)
+
+    @property
+    def model_path(self):
+        if self.model:
+            return self.path(self.model)
+        return self.var_path / "models" / "gemma-3-270m-q4_k_m.gguf"
+
+    @property
+    def embedded_redis_url(self):
+        return f"unix://{self.var_path / 'redis.sock'}"
+
+    @property
+    def effective_redis_url(self):
+        return self.redis_url or self.embedded_redis_url
+
+    def describe(self):
+        """The config without secrets, for logs and `wxkf config`."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in SECRET_KEYS and v:
+                v = "***"
+            out[f.name] = v
+        return out
+
+
+SECRET_KEYS = {"token", "aes_key", "secret", "kf_secret", "kf_token", "kf_aes_key"}
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name, raw, problems):
+    kind = FIELDS[name].type
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(raw).lower() in ("0", "false", "no", "off", ""):
+            return False
+        problems.append(f"{name}: expected true or false, got {raw!r}")
+        return None
+    if kind in (int, float):
+        try:
+            value = int(raw) if kind is int else float(raw)
+        except (TypeError, ValueError):
+            problems.append(f"{name}: expected a number, got {raw!r}")
+            return None
+        if value <= 0:
+            problems.append(f"{name}: must be positive, got {raw!r}")
+            return None
+        return value
+    if not isinstance(raw, (str, int, float)):
+        problems.append(f"{name}: expected text, got {type(raw).__name__}")
+        return None
+    return str(raw)
+
+
+def _valid_aes_key(key):
+    if not re.fullmatch(r"[A-Za-z0-9]{43}", key):
+        return False
+    try:
+        return len(base64.b64decode(key + "=")) == 32
+    except binascii.Error:
+        return False
+
+
+def _validate(cfg, problems):
+    if not re.fullmatch(r"[A-Za-z0-9]{3,32}", cfg.token):
+        problems.append("token: must be 3-32 letters or digits (as the WeChat console requires)")
+    if not _valid_aes_key(cfg.aes_key):
+        problems.append("aes_key: must be the 43-character EncodingAESKey from the WeChat console")
+    if not cfg.appid:
+        problems.append("appid: required (the Mini Program or Official Account AppID)")
+    if not cfg.secret:
+        problems.append("secret: required (the AppSecret)")
+    for key in ("api_base", "wecom_api_base"):
+        if not re.match(r"https?://[^/]+", getattr(cfg, key)):
+            problems.append(f"{key}: must be an http(s) URL")
+    if cfg.redis_url and not re.match(r"(redis|rediss|unix)://", cfg.redis_url):
+        problems.append("redis_url: must start with redis://, rediss:// or unix://")
+    for key in ("bind", "sandbox_bind"):
+        if not re.fullmatch(r"[^\s:]+:\d{1,5}", getattr(cfg, key)):
+            problems.append(f"{key}: must be HOST:PORT")
+    if cfg.kf_aes_key and not _valid_aes_key(cfg.kf_aes_key):
+        problems.append("kf_aes_key: must be the 43-character EncodingAESKey")
+    if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        problems.append("log_level: one of DEBUG, INFO, WARNING, ERROR")
+
+
+def load(path=None, env=None, **overrides):
+    """Build the Config; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    problems = []
+    values = {}
+    path = path or env.get("WXKF_CONFIG")
+    if path is None and (ROOT / "conf" / "wxkf.toml").exists():
+        path = ROOT / "conf" / "wxkf.toml"
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError([f"config file not found: {path}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: {exc}"]) from None
+        for name, raw in data.items():
+            if name not in FIELDS:
+                problems.append(f"{name}: unknown key in {path}")
+                continue
+            values[name] = raw
+    for name in FIELDS:
+        env_name = "WXKF_" + name.upper()
+        if env_name in env:
+            values[name] = env[env_name]
+    values.update(overrides)
+    clean = {}
+    for name, raw in values.items():
+        value = _coerce(name, raw, problems)
+        if value is not None:
+            clean[name] = value
+    cfg = Config(**clean)
+    _validate(cfg, problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg

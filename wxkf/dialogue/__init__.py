@@ -1,0 +1,1 @@
+"""Pure decision logic: knowledge, matching, the responder. No Flask, no HTTP, no WeChat."""

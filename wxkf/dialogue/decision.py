@@ -1,0 +1,51 @@
+"""The worker's one question to the dialogue side: message + conversation -> decision.
+
+Anything with a `decide(message, conversation) -> Decision` method can answer; the worker and the
+CLI never look further inside, so a better engine drops in without touching either.
+"""
+import dataclasses
+from enum import Enum
+
+
+class Action(str, Enum):
+    REPLY = "reply"
+    ESCALATE = "escalate"
+    SILENT = "silent"
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    kind: str                 # text, image, voice, ..., or event
+    text: str = ""            # what the shopper wrote (voice: WeChat's recognition)
+    event: str = ""           # for kind == "event"
+    title: str = ""           # miniprogrampage / link title
+
+    @classmethod
+    def from_inbound(cls, inbound):
+        f = inbound.get("fields", {})
+        kind = inbound["type"]
+        text = f.get("Content", "")
+        if kind == "voice" and f.get("Recognition"):
+            kind, text = "text", f["Recognition"]
+        return cls(kind=kind, text=text, event=inbound.get("event", ""), title=f.get("Title", ""))
+
+
+@dataclasses.dataclass
+class Conversation:
+    openid: str
+    turns: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    action: Action
+    text: str | None = None
+    source: str = "fallback"  # knowledge | generated | suggest | fallback | escalate | canned | welcome | silent
+    intent: str | None = None
+    confidence: float = 0.0
+    reason: str | None = None
+
+    def as_dict(self):
+        d = dataclasses.asdict(self)
+        d["action"] = self.action.value
+        return d

@@ -1,0 +1,257 @@
+"""The shop's knowledge base: every `*.yaml` file in a folder, validated with file:line errors.
+
+`KnowledgeStore` reloads changed files without a restart; a broken edit is reported and the last
+good knowledge base stays in use, so an admin's typo never takes the bot down.
+"""
+import dataclasses
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from ..errors import KnowledgeError
+
+log = logging.getLogger("wxkf.knowledge")
+
+ID_RE = re.compile(r"[a-z0-9_]+")
+
+DEFAULT_CANNED = {
+    "image": "我暂时看不了图片，麻烦用文字描述一下您的问题，我马上帮您看看。",
+    "voice": "我暂时听不了语音，麻烦打字告诉我您的问题。",
+    "video": "我暂时看不了视频，麻烦用文字描述一下您的问题。",
+    "file": "我暂时打不开文件，麻烦用文字描述一下您的问题。",
+    "location": "收到您的位置。请问需要帮您查询配送范围还是修改收货地址？",
+    "link": "收到您分享的链接。请问您想了解其中的什么问题？",
+    "miniprogrampage": "收到您分享的「{title}」，请问想了解它的哪方面？尺码、库存、发货还是售后？",
+}
+DEFAULT_FALLBACK = "抱歉，这个问题我还不太清楚，已为您记录，人工客服会尽快回复。"
+DEFAULT_ESCALATION_REPLY = "已为您转接人工客服，请稍候。"
+DEFAULT_WELCOME = "您好，请问有什么可以帮您？"
+
+
+@dataclasses.dataclass(frozen=True)
+class Intent:
+    id: str
+    title: str
+    examples: tuple
+    answer: str
+    keywords: tuple = ()
+    source: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class KnowledgeBase:
+    intents: tuple
+    persona: str = ""
+    fallback: str = DEFAULT_FALLBACK
+    welcome: str = DEFAULT_WELCOME
+    escalation_keywords: tuple = ()
+    escalation_reply: str = DEFAULT_ESCALATION_REPLY
+    synonyms: tuple = ()
+    canned: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_CANNED))
+
+    def intent(self, intent_id):
+        return next((i for i in self.intents if i.id == intent_id), None)
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of every mapping as `__line__`."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+    mapping["__line__"] = node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _str_list(value):
+    return isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value)
+
+
+def _check_text(where, key, value, problems, required=True):
+    if value is None:
+        if required:
+            problems.append(f"{where}: '{key}' is required")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"{where}: '{key}' must be non-empty text")
+        return None
+    return value.strip()
+
+
+def load_file(path, problems):
+    """Parse one file; append 'file:line: message' problems; return its raw document or None."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: cannot read: {exc}")
+        return None
+    try:
+        doc = yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problems.append(f"{path}{line}: YAML syntax error: {getattr(exc, 'problem', exc)}")
+        return None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        problems.append(f"{path}:1: the file must be a mapping with 'intents:' and other keys")
+        return None
+    return doc
+
+
+KNOWN_TOP = {"persona", "intents", "escalation", "fallback", "welcome", "synonyms", "canned", "__line__"}
+
+
+def build(paths):
+    """Validate and merge the files; raise KnowledgeError with every problem found."""
+    problems, intents, seen = [], [], {}
+    merged = {"synonyms": [], "escalation_keywords": [], "canned": dict(DEFAULT_CANNED)}
+    if not paths:
+        raise KnowledgeError(["no *.yaml files found in the knowledge folder"])
+    for path in paths:
+        doc = load_file(path, problems)
+        if not doc:
+            continue
+        for key in doc:
+            if key not in KNOWN_TOP:
+                problems.append(f"{path}:{doc['__line__']}: unknown key '{key}'")
+        for key in ("persona", "fallback", "welcome"):
+            if key in doc:
+                value = _check_text(f"{path}:{doc['__line__']}", key, doc[key], problems)
+                if value:
+                    merged[key] = value
+        esc = doc.get("escalation")
+        if esc is not None:
+            where = f"{path}:{esc.get('__line__', doc['__line__']) if isinstance(esc, dict) else doc['__line__']}"
+            if not isinstance(esc, dict):
+                problems.append(f"{where}: 'escalation' must be a mapping with keywords and reply")
+            else:
+                if "keywords" in esc:
+                    if _str_list(esc["keywords"]):
+                        merged["escalation_keywords"] += [str(k) for k in esc["keywords"]]
+                    else:
+                        problems.append(f"{where}: escalation 'keywords' must be a list of words")
+                if "reply" in esc:
+                    value = _check_text(where, "reply", esc["reply"], problems)
+                    if value:
+                        merged["escalation_reply"] = value
+        syn = doc.get("synonyms")
+        if syn is not None:
+            if not isinstance(syn, list) or not all(_str_list(g) and len(g) >= 2 for g in syn):
+                problems.append(f"{path}:{doc['__line__']}: 'synonyms' must be a list of word lists, "
+                                f"each with two or more words")
+            else:
+                merged["synonyms"] += [tuple(str(w) for w in g) for g in syn]
+        canned = doc.get("canned")
+        if canned is not None:
+            if not isinstance(canned, dict):
+                problems.append(f"{path}:{doc['__line__']}: 'canned' must map message types to replies")
+            else:
+                for k, v in canned.items():
+                    if k == "__line__":
+                        continue
+                    if k not in DEFAULT_CANNED:
+                        problems.append(f"{path}:{canned['__line__']}: canned reply for unknown type '{k}'")
+                    elif _check_text(f"{path}:{canned['__line__']}", k, v, problems):
+                        merged["canned"][k] = v.strip()
+        raw_intents = doc.get("intents", [])
+        if not isinstance(raw_intents, list):
+            problems.append(f"{path}:{doc['__line__']}: 'intents' must be a list")
+            continue
+        for raw in raw_intents:
+            if not isinstance(raw, dict):
+                problems.append(f"{path}: every entry under 'intents' must be a mapping (id, title, examples, answer)")
+                continue
+            where = f"{path}:{raw['__line__']}"
+            iid = raw.get("id")
+            if not isinstance(iid, str) or not ID_RE.fullmatch(iid):
+                problems.append(f"{where}: 'id' is required and must match [a-z0-9_]+")
+                continue
+            if iid in seen:
+                problems.append(f"{where}: duplicate intent id '{iid}' (first defined at {seen[iid]})")
+                continue
+            seen[iid] = where
+            for key in raw:
+                if key not in ("id", "title", "examples", "answer", "keywords", "__line__"):
+                    problems.append(f"{where}: unknown key '{key}' in intent '{iid}'")
+            title = _check_text(where, "title", raw.get("title"), problems)
+            answer = _check_text(where, "answer", raw.get("answer"), problems)
+            examples = raw.get("examples")
+            if not _str_list(examples) or not [e for e in examples if str(e).strip()]:
+                problems.append(f"{where}: intent '{iid}' needs 'examples': a list of at least one phrasing")
+                continue
+            keywords = raw.get("keywords", [])
+            if not _str_list(keywords):
+                problems.append(f"{where}: 'keywords' must be a list of words")
+                keywords = []
+            if title and answer:
+                intents.append(Intent(iid, title, tuple(str(e).strip() for e in examples if str(e).strip()),
+                                      answer, tuple(str(k) for k in keywords), where))
+    if not intents and not problems:
+        problems.append("the knowledge base defines no intents")
+    if problems:
+        raise KnowledgeError(problems)
+    return KnowledgeBase(
+        intents=tuple(intents), persona=merged.get("persona", ""),
+        fallback=merged.get("fallback", DEFAULT_FALLBACK), welcome=merged.get("welcome", DEFAULT_WELCOME),
+        escalation_keywords=tuple(merged["escalation_keywords"]),
+        escalation_reply=merged.get("escalation_reply", DEFAULT_ESCALATION_REPLY),
+        synonyms=tuple(merged["synonyms"]), canned=merged["canned"])
+
+
+def yaml_files(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise KnowledgeError([f"{folder}: knowledge folder not found"])
+    return sorted(p for p in folder.glob("*.yaml") if p.is_file())
+
+
+def load(folder):
+    return build(yaml_files(folder))
+
+
+class KnowledgeStore:
+    """The current knowledge base, reloaded when a file in the folder changes."""
+
+    def __init__(self, folder, interval=1.0, on_change=None):
+        self.folder = Path(folder)
+        self.interval = interval
+        self.on_change = on_change
+        self._lock = threading.Lock()
+        self._stamp = self._fingerprint()
+        self._kb = load(self.folder)  # the first load must succeed: no knowledge, no bot
+        self._checked = time.monotonic()
+        self.last_error = None
+
+    def _fingerprint(self):
+        try:
+            return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in yaml_files(self.folder))
+        except (KnowledgeError, OSError):
+            return ()
+
+    def get(self):
+        now = time.monotonic()
+        if now - self._checked >= self.interval:
+            with self._lock:
+                self._checked = now
+                stamp = self._fingerprint()
+                if stamp != self._stamp:
+                    self._stamp = stamp
+                    try:
+                        self._kb = load(self.folder)
+                        self.last_error = None
+                        log.info("knowledge reloaded: %d intents", len(self._kb.intents))
+                        if self.on_change:
+                            self.on_change(self._kb)
+                    except KnowledgeError as exc:
+                        self.last_error = exc
+                        log.error("knowledge reload failed, keeping the previous version: %s", exc)
+        return self._kb

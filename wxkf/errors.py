@@ -1,0 +1,83 @@
+"""Every error wxkf raises on purpose.
+
+    WxkfError
+    ├── ConfigError              bad or missing configuration (names every bad key)
+    ├── KnowledgeError           a knowledge file is broken (carries file:line problems)
+    ├── PushError                a push from WeChat cannot be accepted (carries the HTTP status)
+    │   ├── BadSignature         403: signature, timestamp or AppID check failed
+    │   ├── BadPush              400: body is not a well-formed push
+    │   └── PushTooLarge         413: body over the size limit
+    └── WeChatError              a call to WeChat's API did not succeed
+        ├── WeChatUnreachable    network error or HTTP 5xx (retryable)
+        └── WeChatApiError       WeChat answered with an errcode (retryable only for -1 system busy)
+            ├── TokenInvalid     40001/40014/42001: refresh the token once and retry
+            └── QuotaExceeded    45015/45047/45009: the window or quota rules forbid this send now
+"""
+
+
+class WxkfError(Exception):
+    retryable = False
+
+
+class ConfigError(WxkfError):
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+class KnowledgeError(WxkfError):
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("knowledge base has errors:\n  " + "\n  ".join(self.problems))
+
+
+class PushError(WxkfError):
+    status = 400
+
+
+class BadSignature(PushError):
+    status = 403
+
+
+class BadPush(PushError):
+    status = 400
+
+
+class PushTooLarge(PushError):
+    status = 413
+
+
+class WeChatError(WxkfError):
+    errcode = None
+
+
+class WeChatUnreachable(WeChatError):
+    retryable = True
+
+
+class WeChatApiError(WeChatError):
+    def __init__(self, errcode, errmsg="", path=""):
+        self.errcode = int(errcode)
+        self.errmsg = errmsg
+        self.path = path
+        super().__init__(f"{path}: errcode {errcode} {errmsg}".strip())
+
+    @property
+    def retryable(self):
+        return self.errcode == -1
+
+
+class TokenInvalid(WeChatApiError):
+    CODES = (40001, 40014, 42001)
+
+
+class QuotaExceeded(WeChatApiError):
+    CODES = (45015, 45047, 45009)
+
+
+def api_error(errcode, errmsg="", path=""):
+    """The most specific WeChatApiError for an errcode."""
+    for cls in (TokenInvalid, QuotaExceeded):
+        if int(errcode) in cls.CODES:
+            return cls(errcode, errmsg, path)
+    return WeChatApiError(errcode, errmsg, path)

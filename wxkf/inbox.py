@@ -1,0 +1,135 @@
+"""The inbox: deduplicated pushes queued in Redis streams for the workers.
+
+Pushes are spread over `shards` streams by shopper (crc32 of the openid). A worker holds a lease
+on a shard before reading it, so exactly one worker reads a shard at a time and each shopper's
+messages are handled in the order WeChat sent them. Entries are read through one consumer group
+(at-least-once): an entry is deleted only after the worker acknowledges it, and the next owner of a
+shard first takes over whatever the previous owner left pending.
+"""
+import json
+import time
+import zlib
+
+import redis as redis_lib
+
+from . import defaults, keys
+
+# Dedup and enqueue in one atomic step: a push is queued exactly once, or not at all.
+_ENQUEUE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'push', ARGV[3])
+  redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+  return id
+end
+redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
+return false
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def shard_of(openid, shards):
+    return zlib.crc32(openid.encode()) % shards
+
+
+class Inbox:
+    def __init__(self, redis, shards=defaults.INBOX_SHARDS, dedup_ttl=defaults.DEDUP_TTL,
+                 maxlen=defaults.INBOX_MAXLEN):
+        self.redis = redis
+        self.shards = shards
+        self.dedup_ttl = dedup_ttl
+        self.maxlen = maxlen
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    # -- webhook side -------------------------------------------------------------------------
+    def enqueue(self, inbound):
+        """Queue a push once. Returns the stream id, or None when it is a duplicate."""
+        shard = shard_of(inbound["openid"], self.shards)
+        inbound = dict(inbound, received_at=time.time())
+        kind = inbound["event"] or inbound["type"]
+        return self._enqueue(
+            keys=[keys.dedup(inbound["id"]), keys.inbox(shard), keys.METRICS],
+            args=[self.dedup_ttl, self.maxlen, json.dumps(inbound, ensure_ascii=False),
+                  f'wxkf_pushes_total{{type="{kind}"}}', "wxkf_duplicates_total"])
+
+    # -- worker side --------------------------------------------------------------------------
+    def ensure_groups(self):
+        for shard in range(self.shards):
+            try:
+                self.redis.xgroup_create(keys.inbox(shard), keys.INBOX_GROUP, id="0", mkstream=True)
+            except redis_lib.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def try_lease(self, shard, owner, seconds):
+        return bool(self.redis.set(keys.shard_lease(shard), owner, nx=True, px=int(seconds * 1000)))
+
+    def renew_lease(self, shard, owner, seconds):
+        return bool(self._renew(keys=[keys.shard_lease(shard)], args=[owner, int(seconds * 1000)]))
+
+    def release_lease(self, shard, owner):
+        self._release(keys=[keys.shard_lease(shard)], args=[owner])
+
+    def take_over_pending(self, shard, consumer):
+        """Move every pending entry of the shard to `consumer` (we hold the lease, so nobody else reads it)."""
+        start = "0-0"
+        while True:
+            start, claimed, *_ = self.redis.xautoclaim(keys.inbox(shard), keys.INBOX_GROUP, consumer,
+                                                       min_idle_time=0, start_id=start, count=100,
+                                                       justid=True)
+            if start == "0-0" or not claimed:
+                return
+
+    def read(self, shards, consumer, pending=False, block_ms=1000, count=10):
+        """Entries for `consumer` from the given shards: its own pending ones, or new ones.
+
+        Returns [(shard, entry_id, inbound)] in stream order per shard.
+        """
+        if not shards:
+            time.sleep(block_ms / 1000)
+            return []
+        streams = {keys.inbox(s): ("0" if pending else ">") for s in shards}
+        reply = self.redis.xreadgroup(keys.INBOX_GROUP, consumer, streams, count=count,
+                                      block=None if pending else block_ms)
+        out = []
+        for stream, entries in reply or []:
+            shard = int(stream.rsplit(":", 1)[1])
+            for entry_id, fields in entries:
+                if fields and "push" in fields:
+                    out.append((shard, entry_id, json.loads(fields["push"])))
+                else:
+                    # An entry trimmed away while pending: acknowledge so it stops coming back.
+                    self.ack(shard, entry_id)
+        return out
+
+    def ack(self, shard, entry_id):
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xack(keys.inbox(shard), keys.INBOX_GROUP, entry_id)
+        pipe.xdel(keys.inbox(shard), entry_id)
+        pipe.execute()
+
+    def stats(self):
+        """(depth, age in seconds of the oldest queued entry) across all shards."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(self.shards):
+            pipe.xlen(keys.inbox(shard))
+            pipe.xrange(keys.inbox(shard), count=1)
+        res = pipe.execute()
+        depth = sum(res[0::2])
+        oldest = [int(r[0][0].split("-")[0]) for r in res[1::2] if r]
+        age = max(0.0, time.time() - min(oldest) / 1000) if oldest else 0.0
+        return depth, age

@@ -1,0 +1,55 @@
+"""Every Redis key wxkf uses, under the `wxkf:` namespace."""
+
+NS = "wxkf"
+
+
+def dedup(push_id):
+    return f"{NS}:dedup:{push_id}"
+
+
+def inbox(shard):
+    return f"{NS}:inbox:{shard}"
+
+
+INBOX_GROUP = "workers"
+
+
+def shard_lease(shard):
+    return f"{NS}:lease:{shard}"
+
+
+def worker_alive(name):
+    return f"{NS}:worker:{name}"
+
+
+WORKER_ALIVE_PATTERN = f"{NS}:worker:*"
+
+
+def sent(push_id):
+    """Hash: reply part index -> WeChat's answer, so a re-delivered message is not answered twice."""
+    return f"{NS}:sent:{push_id}"
+
+
+def token(appid):
+    return f"{NS}:token:{appid}"
+
+
+def token_lock(appid):
+    return f"{NS}:token:{appid}:lock"
+
+
+def quota(openid):
+    return f"{NS}:quota:{openid}"
+
+
+UNDELIVERED = f"{NS}:undelivered"
+"""Stream of replies WeChat refused or we could not send, kept for agents and operators."""
+
+METRICS = f"{NS}:metrics"
+"""Hash of Prometheus counter and histogram-bucket values shared by all processes."""
+
+WELCOMED_PREFIX = f"{NS}:welcomed"
+
+
+def welcomed(openid):
+    return f"{WELCOMED_PREFIX}:{openid}"

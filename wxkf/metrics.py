@@ -1,0 +1,66 @@
+"""Prometheus metrics shared by every process through one Redis hash.
+
+Counters and histogram buckets are HINCRBY'd fields named exactly as they render
+(`name{label="v"}`), so `/metrics` is a single HGETALL plus the live queue gauges.
+"""
+from . import keys
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+FAMILIES = {
+    "wxkf_pushes_total": ("counter", "Pushes accepted from WeChat, by message type."),
+    "wxkf_pushes_rejected_total": ("counter", "Pushes refused, by HTTP status and reason."),
+    "wxkf_pushes_ignored_total": ("counter", "Well-formed pushes wxkf does not act on (other events, unknown types)."),
+    "wxkf_duplicates_total": ("counter", "Pushes dropped as WeChat retries of one already queued."),
+    "wxkf_jobs_total": ("counter", "Messages processed by workers, by outcome."),
+    "wxkf_sends_total": ("counter", "Calls to WeChat's send APIs, by API and errcode (0 = ok)."),
+    "wxkf_undelivered_total": ("counter", "Replies that could not be delivered, by reason."),
+    "wxkf_token_refreshes_total": ("counter", "Access-token fetches from WeChat."),
+    "wxkf_push_seconds": ("histogram", "Time to acknowledge a push, in the webhook."),
+    "wxkf_job_seconds": ("histogram", "Time from a push's arrival to its reply being sent."),
+    "wxkf_send_seconds": ("histogram", "Duration of one call to WeChat's send API."),
+}
+
+
+def field(name, **labels):
+    if not labels:
+        return name
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return f"{name}{{{inner}}}"
+
+
+class Metrics:
+    def __init__(self, redis):
+        self.redis = redis
+
+    def inc(self, name, n=1, pipe=None, **labels):
+        (pipe or self.redis).hincrby(keys.METRICS, field(name, **labels), n)
+
+    def observe(self, name, seconds, pipe=None, **labels):
+        target = pipe or self.redis.pipeline(transaction=False)
+        for le in BUCKETS:
+            if seconds <= le:
+                target.hincrby(keys.METRICS, field(name + "_bucket", le=str(le), **labels), 1)
+        target.hincrby(keys.METRICS, field(name + "_bucket", le="+Inf", **labels), 1)
+        target.hincrbyfloat(keys.METRICS, field(name + "_sum", **labels), seconds)
+        target.hincrby(keys.METRICS, field(name + "_count", **labels), 1)
+        if pipe is None:
+            target.execute()
+
+    def render(self, gauges=()):
+        """Prometheus text format: the shared counters plus live gauges [(name, help, value)]."""
+        values = self.redis.hgetall(keys.METRICS)
+        lines = []
+        for name, (kind, help_text) in FAMILIES.items():
+            rows = sorted((k, v) for k, v in values.items()
+                          if k == name or k.startswith(name + "{") or k.startswith(name + "_"))
+            if kind == "counter" and not rows:
+                rows = [(name, "0")]
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+            lines.extend(f"{k} {v}" for k, v in rows)
+        for name, help_text, value in gauges:
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} gauge")
+            lines.append(f"{name} {value}")
+        return "\n".join(lines) + "\n"

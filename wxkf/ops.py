@@ -1,0 +1,50 @@
+"""`/healthz` and `/metrics` for operators."""
+import time
+
+import redis
+from flask import Blueprint, current_app, jsonify
+
+from . import keys
+
+bp = Blueprint("ops", __name__)
+
+
+def alive_workers(r):
+    return sorted(k.split(":", 2)[2] for k in r.scan_iter(keys.WORKER_ALIVE_PATTERN, count=100))
+
+
+@bp.get("/healthz")
+def healthz():
+    svc = current_app.extensions["wxkf"]
+    try:
+        started = time.perf_counter()
+        svc.redis.ping()
+        redis_ms = (time.perf_counter() - started) * 1000
+        workers = alive_workers(svc.redis)
+        depth, age = svc.inbox.stats()
+    except redis.RedisError as exc:
+        return jsonify(ok=False, redis=f"unavailable: {type(exc).__name__}"), 503
+    ok = bool(workers)
+    body = dict(ok=ok, redis="ok", redis_ms=round(redis_ms, 2), workers=workers,
+                queue_depth=depth, queue_age_seconds=round(age, 3))
+    if not ok:
+        body["problem"] = "no worker is alive: replies are not being sent"
+    return jsonify(body), 200 if ok else 503
+
+
+@bp.get("/metrics")
+def metrics():
+    svc = current_app.extensions["wxkf"]
+    try:
+        depth, age = svc.inbox.stats()
+        gauges = [
+            ("wxkf_queue_depth", "Pushes queued or being processed.", depth),
+            ("wxkf_queue_oldest_seconds", "Age of the oldest queued push.", round(age, 3)),
+            ("wxkf_workers_alive", "Workers with a live heartbeat.", len(alive_workers(svc.redis))),
+            ("wxkf_undelivered", "Replies kept because WeChat refused or could not be reached.",
+             svc.redis.xlen(keys.UNDELIVERED)),
+        ]
+        text = svc.metrics.render(gauges)
+    except redis.RedisError:
+        return "redis unavailable\n", 503, {"Content-Type": "text/plain"}
+    return text, 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}

@@ -1,0 +1,30 @@
+"""The long-lived objects a process builds once from config: Redis, crypto, inbox, metrics, sender."""
+import logging
+
+from . import config as config_mod
+from .inbox import Inbox
+from .metrics import Metrics
+from .store import connect
+from .wechat.crypto import PushCrypto
+
+
+class Services:
+    def __init__(self, cfg=None, redis=None):
+        self.config = cfg or config_mod.load()
+        self.redis = redis or connect(self.config.effective_redis_url)
+        self.crypto = PushCrypto(self.config.token, self.config.aes_key, self.config.appid)
+        self.inbox = Inbox(self.redis, shards=self.config.inbox_shards, dedup_ttl=self.config.dedup_ttl)
+        self.metrics = Metrics(self.redis)
+        self._sender = None
+
+    @property
+    def sender(self):
+        if self._sender is None:
+            from .wechat.sender import Sender
+            self._sender = Sender.from_services(self)
+        return self._sender
+
+
+def setup_logging(level="INFO"):
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s %(process)d %(message)s")

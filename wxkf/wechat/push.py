@@ -1,0 +1,97 @@
+"""Parse a push body (XML or JSON, any encryption mode) into one plain `Inbound` record.
+
+Protocol ref. 1.3 (modes), 1.7 (Mini Program types), 1.8 (Official Account types), 1.9 (dedup keys).
+"""
+import json
+import re
+
+import xmltodict
+from xml.parsers.expat import ExpatError
+
+from ..errors import BadPush
+
+MESSAGE_TYPES = {"text", "image", "voice", "video", "shortvideo", "location", "link", "miniprogrampage", "file"}
+"""User messages: each one opens WeChat's 48-hour / 5-message window."""
+
+EVENTS_HANDLED = {"user_enter_tempsession", "subscribe", "kf_create_session", "kf_close_session",
+                  "kf_switch_session"}
+"""Events the worker acts on (welcome, handoff state). Other events are acknowledged and dropped."""
+
+_DOCTYPE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
+def body_format(body):
+    """'xml' or 'json', from the first non-blank byte (WeChat's Content-Type is not documented)."""
+    head = body.lstrip()[:1]
+    if head == b"<":
+        return "xml"
+    if head == b"{":
+        return "json"
+    raise BadPush("body is neither XML nor JSON")
+
+
+def parse_document(body, fmt):
+    """Bytes or str -> flat dict of the push's fields. No DTDs or entities (XXE, billion laughs)."""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    if fmt == "json":
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadPush("malformed JSON") from None
+        if not isinstance(doc, dict):
+            raise BadPush("JSON push is not an object")
+        return doc
+    if _DOCTYPE.search(body):
+        raise BadPush("XML with DTD or entity declarations is refused")
+    try:
+        doc = xmltodict.parse(body, disable_entities=True)
+    except (ExpatError, ValueError):
+        raise BadPush("malformed XML") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("xml"), dict):
+        raise BadPush("XML push has no <xml> root")
+    return doc["xml"]
+
+
+def _text(value):
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        raise BadPush("unexpected nested element")
+    return str(value)
+
+
+def to_inbound(fields, fmt):
+    """Validate the decrypted fields and build the record the worker consumes.
+
+    Returns None for well-formed pushes wxkf does not act on (unknown types, other events);
+    raises BadPush when required fields are missing.
+    """
+    openid = _text(fields.get("FromUserName"))
+    msg_type = _text(fields.get("MsgType"))
+    create_time = _text(fields.get("CreateTime"))
+    if not openid or not msg_type or not create_time.isdigit():
+        raise BadPush("push lacks FromUserName, MsgType or CreateTime")
+    event = _text(fields.get("Event")) if msg_type == "event" else ""
+    if msg_type == "event":
+        if event not in EVENTS_HANDLED:
+            return None
+        push_id = f"{openid}:{create_time}:{event}"
+    elif msg_type in MESSAGE_TYPES:
+        msg_id = _text(fields.get("MsgId"))
+        push_id = msg_id or f"{openid}:{create_time}:{msg_type}"
+    else:
+        return None
+    keep = ("Content", "Recognition", "PicUrl", "MediaId", "Format", "Title", "AppId", "PagePath",
+            "Description", "Url", "Label", "Location_X", "Location_Y", "SessionFrom", "EventKey",
+            "KfAccount", "FromKfAccount", "ToKfAccount", "bizmsgmenuid")
+    return {
+        "id": push_id,
+        "format": fmt,
+        "openid": openid,
+        "to": _text(fields.get("ToUserName")),
+        "create_time": int(create_time),
+        "type": msg_type,
+        "event": event,
+        "fields": {k: _text(fields[k]) for k in keep if k in fields},
+    }

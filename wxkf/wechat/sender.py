@@ -1,0 +1,229 @@
+"""The only place that sends to shoppers: WeChat's customer-service message API.
+
+Owns the 48-hour / 5-message window per shopper (protocol ref. 2.4), text splitting at 2048 UTF-8
+bytes, retries, the typing indicator and the per-message idempotency record. What cannot be
+delivered is never dropped silently: it is logged, counted and kept in the `undelivered` stream.
+"""
+import json
+import logging
+import time
+
+from .. import defaults, keys
+from ..errors import QuotaExceeded, WeChatApiError, WeChatError, WeChatUnreachable
+from .api import WeChatAPI
+
+log = logging.getLogger("wxkf.sender")
+
+# Opening a window never accumulates: allowance and expiry become the larger of what is left and
+# what the new trigger grants (MP guide: "可发送客服消息条数不累加 ... 更新为当前可下发条数限制的最大值").
+_OPEN = """
+local now = tonumber(ARGV[1])
+local exp = tonumber(redis.call('HGET', KEYS[1], 'expires') or '0')
+local left = 0
+if exp > now then
+  left = tonumber(redis.call('HGET', KEYS[1], 'allowance') or '0') - tonumber(redis.call('HGET', KEYS[1], 'used') or '0')
+end
+local allowance = math.max(left, tonumber(ARGV[2]))
+local expires = math.max(exp, now + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'allowance', allowance, 'used', 0, 'expires', expires)
+redis.call('EXPIREAT', KEYS[1], math.floor(expires) + 60)
+return allowance
+"""
+
+# Take one message from the allowance: -1 = window closed, 0 = quota used up, else what is left after.
+_TAKE = """
+local now = tonumber(ARGV[1])
+local exp = tonumber(redis.call('HGET', KEYS[1], 'expires') or '0')
+if exp <= now then return -1 end
+local allowance = tonumber(redis.call('HGET', KEYS[1], 'allowance') or '0')
+local used = tonumber(redis.call('HGET', KEYS[1], 'used') or '0')
+if used >= allowance then return 0 end
+redis.call('HINCRBY', KEYS[1], 'used', 1)
+return allowance - used
+"""
+
+
+def split_text(text, limit=defaults.TEXT_LIMIT_BYTES):
+    """Split into pieces of at most `limit` UTF-8 bytes, never inside a character, preferring line
+    and sentence ends."""
+    parts = []
+    while len(text.encode("utf-8")) > limit:
+        cut, size = 0, 0
+        for i, ch in enumerate(text):
+            size += len(ch.encode("utf-8"))
+            if size > limit:
+                break
+            cut = i + 1
+        window = text[:cut]
+        best = max(window.rfind(sep) for sep in ("\n", "。", "！", "？", ". ", "；"))
+        if best >= cut // 2:
+            cut = best + 1
+        parts.append(text[:cut].rstrip())
+        text = text[cut:].lstrip("\n")
+    if text.strip():
+        parts.append(text)
+    return parts
+
+
+def pack(texts, slots, limit=defaults.TEXT_LIMIT_BYTES):
+    """Fit reply texts into at most `slots` messages: join before splitting, truncate as a last resort.
+
+    Returns (parts, truncated)."""
+    texts = [t for t in texts if t and t.strip()]
+    if slots <= 0 or not texts:
+        return [], bool(texts)
+    parts = []
+    for text in texts:
+        for piece in split_text(text, limit):
+            if parts and len((parts[-1] + "\n\n" + piece).encode("utf-8")) <= limit:
+                parts[-1] += "\n\n" + piece
+            else:
+                parts.append(piece)
+    if len(parts) <= slots:
+        return parts, False
+    parts = split_text("\n\n".join(parts), limit)
+    if len(parts) <= slots:
+        return parts, False
+    kept = parts[:slots]
+    tail = "…（内容较长，已截断）"
+    last = kept[-1]
+    while len((last + tail).encode("utf-8")) > limit:
+        last = last[:-1]
+    kept[-1] = last + tail
+    return kept, True
+
+
+class Sender:
+    def __init__(self, redis, api, metrics, typing=True, attempts=defaults.SEND_ATTEMPTS, clock=time.time):
+        self.redis = redis
+        self.api = api
+        self.metrics = metrics
+        self.typing_enabled = typing
+        self.attempts = attempts
+        self.clock = clock
+        self._open = redis.register_script(_OPEN)
+        self._take = redis.register_script(_TAKE)
+
+    @classmethod
+    def from_services(cls, svc):
+        cfg = svc.config
+        api = WeChatAPI(svc.redis, cfg.api_base, cfg.appid, cfg.secret, metrics=svc.metrics)
+        return cls(svc.redis, api, svc.metrics, typing=cfg.typing)
+
+    # -- the window ----------------------------------------------------------------------------
+    def open_window(self, openid, trigger, at):
+        """Record what a shopper action allows us to send (trigger: 'message' or an event name)."""
+        if trigger == "message":
+            allowance, seconds = defaults.USER_MSG_QUOTA, defaults.USER_MSG_WINDOW
+        elif trigger in defaults.EVENT_QUOTA:
+            allowance, seconds = defaults.EVENT_QUOTA[trigger]
+        else:
+            return None
+        remaining_at = min(float(at), self.clock())
+        return self._open(keys=[keys.quota(openid)], args=[remaining_at, allowance, seconds])
+
+    def remaining(self, openid):
+        q = self.redis.hgetall(keys.quota(openid))
+        if not q or float(q.get("expires", 0)) <= self.clock():
+            return 0
+        return max(0, int(q.get("allowance", 0)) - int(q.get("used", 0)))
+
+    # -- typing ---------------------------------------------------------------------------------
+    def typing(self, openid, on=True):
+        """message/custom/typing (protocol ref. 2.2): best effort, 15 s, only ≤30 s after the shopper wrote."""
+        if not self.typing_enabled:
+            return False
+        try:
+            self.api.call("/cgi-bin/message/custom/typing",
+                          {"touser": openid, "command": "Typing" if on else "CancelTyping"})
+            self.metrics.inc("wxkf_sends_total", api="typing", errcode="0")
+            return True
+        except WeChatError as exc:
+            self.metrics.inc("wxkf_sends_total", api="typing", errcode=str(exc.errcode or "network"))
+            log.info("typing indicator not shown openid=%s: %s", openid, exc)
+            return False
+
+    # -- sending --------------------------------------------------------------------------------
+    def deliver(self, push_id, openid, texts):
+        """Send a reply to one inbound message exactly once, within the shopper's window.
+
+        The planned parts are stored under the message's idempotency key before the first send, so a
+        worker that dies mid-reply and a re-delivered message never send a part twice (except a part
+        whose HTTP call succeeded in the instant before the crash; WeChat's send API has no
+        idempotency key). Returns the number of parts sent now.
+        """
+        key = keys.sent(push_id)
+        plan = self.redis.hget(key, "plan")
+        if plan is None:
+            parts, truncated = pack(texts, self.remaining(openid))
+            if truncated:
+                self.metrics.inc("wxkf_undelivered_total", reason="truncated")
+                log.warning("reply to %s truncated to fit the shopper's remaining quota", push_id)
+            if not parts:
+                if texts:
+                    self._undelivered(push_id, openid, texts, "window_closed_or_quota_used")
+                return 0
+            self.redis.hsetnx(key, "plan", json.dumps(parts, ensure_ascii=False))
+            self.redis.expire(key, defaults.IDEMPOTENCY_TTL)
+            parts = json.loads(self.redis.hget(key, "plan"))
+        else:
+            parts = json.loads(plan)
+        sent = 0
+        for i, part in enumerate(parts):
+            if self.redis.hexists(key, f"part:{i}"):
+                continue
+            left = self._take(keys=[keys.quota(openid)], args=[self.clock()])
+            if left <= 0:
+                self._undelivered(push_id, openid, parts[i:],
+                                  "window_closed" if left < 0 else "quota_used")
+                break
+            try:
+                self.send({"touser": openid, "msgtype": "text", "text": {"content": part}})
+            except QuotaExceeded as exc:
+                self._sync_quota(openid, exc.errcode)
+                self._undelivered(push_id, openid, parts[i:], f"errcode_{exc.errcode}")
+                break
+            except WeChatError as exc:
+                self.redis.hincrby(keys.quota(openid), "used", -1)
+                self._undelivered(push_id, openid, parts[i:], f"errcode_{exc.errcode or 'network'}")
+                raise
+            self.redis.hset(key, f"part:{i}", int(self.clock()))
+            sent += 1
+        return sent
+
+    def send(self, message):
+        """POST cgi-bin/message/custom/send (protocol ref. 2.1); retry what retrying can fix."""
+        delay = 0.5
+        for attempt in range(1, self.attempts + 1):
+            started = time.perf_counter()
+            try:
+                self.api.call("/cgi-bin/message/custom/send", message)
+            except WeChatError as exc:
+                code = str(exc.errcode if exc.errcode is not None else "network")
+                self.metrics.inc("wxkf_sends_total", api="send", errcode=code)
+                if exc.retryable and attempt < self.attempts:
+                    log.warning("send to %s failed (%s), retry %d in %.1fs", message["touser"], exc, attempt, delay)
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                log.error("send to %s failed: %s", message["touser"], exc)
+                raise
+            self.metrics.inc("wxkf_sends_total", api="send", errcode="0")
+            self.metrics.observe("wxkf_send_seconds", time.perf_counter() - started)
+            log.info("sent msgtype=%s to=%s", message["msgtype"], message["touser"])
+            return
+
+    def _sync_quota(self, openid, errcode):
+        """WeChat knows better: 45047 = allowance used up, 45015 = window closed."""
+        if errcode == 45047:
+            allowance = self.redis.hget(keys.quota(openid), "allowance") or 0
+            self.redis.hset(keys.quota(openid), "used", allowance)
+        elif errcode == 45015:
+            self.redis.hset(keys.quota(openid), "expires", 0)
+
+    def _undelivered(self, push_id, openid, texts, reason):
+        self.metrics.inc("wxkf_undelivered_total", reason=reason)
+        log.warning("reply to push %s for %s not delivered: %s", push_id, openid, reason)
+        self.redis.xadd(keys.UNDELIVERED, {"push_id": push_id, "openid": openid, "reason": reason,
+                                           "texts": json.dumps(texts, ensure_ascii=False),
+                                           "at": int(self.clock())}, maxlen=10000, approximate=True)

@@ -1,0 +1,163 @@
+"""The worker: takes pushes from the inbox, decides, replies.
+
+Delivery is at-least-once (stream consumer group; a killed worker's entries are taken over by the
+next owner of its shards) and replies are sent once (the sender's per-message idempotency record).
+One worker owns a shard at a time, so a shopper's messages are answered in order; several workers
+share the shards evenly.
+"""
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+
+import redis as redis_lib
+
+from . import keys
+from .dialogue.decision import Action, Conversation, Message
+from .errors import WeChatError
+from .ops import alive_workers
+from .wechat.push import MESSAGE_TYPES
+
+log = logging.getLogger("wxkf.worker")
+
+
+class Worker:
+    def __init__(self, svc, responder, name=None):
+        self.svc = svc
+        self.cfg = svc.config
+        self.redis = svc.redis
+        self.inbox = svc.inbox
+        self.sender = svc.sender
+        self.responder = responder
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.owned = set()
+        self.fresh = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    # -- shards and liveness --------------------------------------------------------------------
+    def beat(self):
+        """Renew liveness and leases; drop shards whose lease we lost."""
+        ttl = max(self.cfg.lease_seconds, 2 * self.cfg.heartbeat_seconds)
+        self.redis.set(keys.worker_alive(self.name), int(time.time()), px=int(ttl * 1000))
+        with self._lock:
+            for shard in list(self.owned):
+                if not self.inbox.renew_lease(shard, self.name, self.cfg.lease_seconds):
+                    log.warning("lost lease on shard %d", shard)
+                    self.owned.discard(shard)
+
+    def balance(self):
+        """Own about 1/N of the shards, N = live workers; take free ones, give back extras."""
+        n = max(1, len(alive_workers(self.redis)))
+        fair = math.ceil(self.inbox.shards / n)
+        with self._lock:
+            for shard in sorted(self.owned)[fair:]:
+                self.inbox.release_lease(shard, self.name)
+                self.owned.discard(shard)
+            for shard in range(self.inbox.shards):
+                if len(self.owned) >= fair:
+                    break
+                if shard not in self.owned and self.inbox.try_lease(shard, self.name, self.cfg.lease_seconds):
+                    self.inbox.take_over_pending(shard, self.name)
+                    self.owned.add(shard)
+                    self.fresh.add(shard)
+
+    def _heartbeat_loop(self):
+        while not self._stop.wait(self.cfg.heartbeat_seconds):
+            try:
+                self.beat()
+            except redis_lib.RedisError as exc:
+                log.error("heartbeat failed: %s", exc)
+
+    # -- processing -----------------------------------------------------------------------------
+    def process(self, inbound):
+        """Handle one push: window bookkeeping, typing, decision, reply. Returns the Decision."""
+        openid, push_id = inbound["openid"], inbound["id"]
+        kind = inbound["type"]
+        if kind in MESSAGE_TYPES:
+            self.sender.open_window(openid, "message", inbound["create_time"])
+        elif inbound["event"]:
+            self.sender.open_window(openid, inbound["event"], inbound["create_time"])
+        message = Message.from_inbound(inbound)
+        if (message.kind == "text" and time.time() - inbound["create_time"] < 30
+                and not self.redis.exists(keys.sent(push_id))):
+            self.sender.typing(openid)
+        decision = self.responder.decide(message, Conversation(openid))
+        if decision.action != Action.SILENT and decision.text:
+            self.sender.deliver(push_id, openid, [decision.text])
+        return decision
+
+    def handle(self, shard, entry_id, inbound):
+        started = time.time()
+        try:
+            decision = self.process(inbound)
+            outcome = decision.source
+        except WeChatError as exc:
+            outcome = "send_failed"  # kept in the undelivered stream by the sender
+            log.error("push %s: reply not sent: %s", inbound["id"], exc)
+        except redis_lib.RedisError:
+            raise  # not acknowledged: retried when Redis is back
+        except Exception:
+            outcome = "error"
+            log.exception("push %s: unexpected error; message kept in the undelivered stream", inbound["id"])
+            self.redis.xadd(keys.UNDELIVERED, {"push_id": inbound["id"], "openid": inbound["openid"],
+                                               "reason": "worker_error", "texts": "[]", "at": int(started)})
+        self.inbox.ack(shard, entry_id)
+        self.svc.metrics.inc("wxkf_jobs_total", outcome=outcome)
+        self.svc.metrics.observe("wxkf_job_seconds", max(0.0, time.time() - inbound.get("received_at", started)))
+        log.info("job push=%s openid=%s type=%s outcome=%s in %.0f ms", inbound["id"], inbound["openid"],
+                 inbound["event"] or inbound["type"], outcome, (time.time() - started) * 1000)
+
+    def run_once(self, block_ms=1000):
+        """One round: pending entries of newly owned shards first, then new entries. Returns count handled."""
+        with self._lock:
+            owned, fresh = sorted(self.owned), sorted(self.fresh)
+            self.fresh.clear()
+        entries = self.inbox.read(fresh, self.name, pending=True, count=10_000) if fresh else []
+        if not entries:
+            entries = self.inbox.read(owned, self.name, block_ms=block_ms)
+        for shard, entry_id, inbound in entries:
+            if shard in self.owned:
+                self.handle(shard, entry_id, inbound)
+        return len(entries)
+
+    def run(self):
+        self.inbox.ensure_groups()
+        self.beat()
+        self.balance()
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        log.info("worker %s started, %d shards", self.name, len(self.owned))
+        last_balance = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - last_balance > self.cfg.heartbeat_seconds:
+                    self.balance()
+                    last_balance = time.monotonic()
+                self.run_once()
+            except redis_lib.RedisError as exc:
+                log.error("Redis unavailable (%s); retrying in 1 s", exc)
+                time.sleep(1)
+        with self._lock:
+            for shard in self.owned:
+                self.inbox.release_lease(shard, self.name)
+        self.redis.delete(keys.worker_alive(self.name))
+        log.info("worker %s stopped", self.name)
+
+    def stop(self, *_):
+        self._stop.set()
+
+
+def build_responder(cfg):
+    from .dialogue.knowledge import KnowledgeStore
+    from .dialogue.matcher import KeywordMatcher
+    return KeywordMatcher(KnowledgeStore(cfg.knowledge_dir))
+
+
+def main(svc):
+    worker = Worker(svc, build_responder(svc.config))
+    signal.signal(signal.SIGTERM, worker.stop)
+    signal.signal(signal.SIGINT, worker.stop)
+    worker.run()
