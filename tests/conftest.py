@@ -67,11 +67,21 @@ def cfg(redis_url):
                            typing=True)
 
 
-@pytest.fixture
-def sandbox(cfg):
-    sb = Sandbox(create_sandbox(cfg.appid, cfg.secret))
+@pytest.fixture(scope="session")
+def _sandbox_server():
+    demo = config_mod.load(env={})
+    sb = Sandbox(create_sandbox(demo.appid, demo.secret))
     yield sb
     sb.close()
+
+
+@pytest.fixture
+def sandbox(_sandbox_server):
+    """The WeChat API sandbox, emptied for each test."""
+    _sandbox_server.state.reset()
+    _sandbox_server.state.token_lifetime = 7200
+    _sandbox_server.state.daily_send_quota = 500_000
+    return _sandbox_server
 
 
 @pytest.fixture

@@ -88,10 +88,10 @@ class Inbox:
         """Move every pending entry of the shard to `consumer` (we hold the lease, so nobody else reads it)."""
         start = "0-0"
         while True:
-            start, claimed, *_ = self.redis.xautoclaim(keys.inbox(shard), keys.INBOX_GROUP, consumer,
-                                                       min_idle_time=0, start_id=start, count=100,
-                                                       justid=True)
-            if start == "0-0" or not claimed:
+            reply = self.redis.execute_command("XAUTOCLAIM", keys.inbox(shard), keys.INBOX_GROUP, consumer,
+                                               0, start, "COUNT", 100, "JUSTID")
+            start = reply[0]
+            if start == "0-0" or not reply[1]:
                 return
 
     def read(self, shards, consumer, pending=False, block_ms=1000, count=10):

@@ -1,0 +1,118 @@
+"""End to end: gunicorn (as run.sh starts it) + wxkf workers + the WeChat API sandbox, real Redis,
+pushes signed and encrypted exactly as WeChat does."""
+import os
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import wait_for
+from wxkf import keys
+
+pytestmark = pytest.mark.slow
+
+
+def post(stack, builder, sandbox, openid, text, mode="safe", fmt="xml", times=1, concurrent=False):
+    sandbox.state.interact(openid)
+    fields = builder.message(openid, text=text, fmt=fmt)
+    url, body = builder.request(fields, mode=mode, fmt=fmt)
+    statuses = []
+
+    def once():
+        statuses.append(requests.post(stack.url + url, data=body, timeout=5).status_code)
+
+    if concurrent:
+        threads = [threading.Thread(target=once) for _ in range(times)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        for _ in range(times):
+            once()
+    assert statuses == [200] * times
+    return fields
+
+
+@pytest.mark.parametrize("mode, fmt", [("safe", "xml"), ("safe", "json"), ("compat", "xml"), ("plain", "xml"),
+                                       ("plain", "json")])
+def test_push_becomes_exactly_one_reply(stack, builder, sandbox, mode, fmt):
+    stack.start_worker()
+    stack.wait_healthy()
+    openid = f"o_e2e_{mode}_{fmt}"
+    post(stack, builder, sandbox, openid, "发票怎么开", mode=mode, fmt=fmt)
+    sent = wait_for(lambda: sandbox.sends(openid))
+    assert len(sent) == 1
+    assert sent[0]["touser"] == openid and "电子发票" in sent[0]["text"]["content"]
+
+
+def test_wechat_retries_arriving_concurrently_at_different_gunicorn_workers(stack, builder, sandbox, r):
+    stack.start_worker()
+    stack.wait_healthy()
+    for i in range(5):
+        post(stack, builder, sandbox, f"o_retry_{i}", "我的快递到哪了", times=3, concurrent=True)
+    wait_for(lambda: all(sandbox.sends(f"o_retry_{i}") for i in range(5)))
+    time.sleep(1.0)  # any duplicate would have arrived by now
+    assert [len(sandbox.sends(f"o_retry_{i}")) for i in range(5)] == [1] * 5
+    assert r.hget(keys.METRICS, "wxkf_duplicates_total") == "10"
+    pids = {line.split()[4] for line in (stack.tmp / "serve.log").read_text().splitlines() if " push id=" in line}
+    assert len(pids) == 2, "both gunicorn workers should have taken pushes"
+
+
+def test_sigkilled_worker_holding_a_message_is_replaced_and_the_reply_sent_once(stack, builder, sandbox, r):
+    sandbox.state.delays["/cgi-bin/message/custom/typing"] = 4.0  # keeps the worker inside the message
+    victim = stack.start_worker("victim")
+    stack.wait_healthy()
+    post(stack, builder, sandbox, "o_killed", "发票怎么开")
+    assert wait_for(lambda: sum(r.xpending(keys.inbox(s), keys.INBOX_GROUP)["pending"]
+                                for s in range(16)) == 1)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    sandbox.state.delays.clear()
+    time.sleep(4.5)  # the sandbox finishes the interrupted typing call; no reply was sent
+    assert sandbox.sends("o_killed") == []
+    stack.start_worker("heir")
+    sent = wait_for(lambda: sandbox.sends("o_killed"), timeout=30)
+    time.sleep(1.0)
+    assert len(sandbox.sends("o_killed")) == 1 and "电子发票" in sent[0]["text"]["content"]
+
+
+def test_token_revoked_and_expired_mid_run_one_refresh_shared_by_all_workers(stack, builder, sandbox, r):
+    stack.start_worker("w1")
+    stack.start_worker("w2")
+    stack.wait_healthy()
+    shoppers = [f"o_tok_{i}" for i in range(8)]
+    for o in shoppers:
+        post(stack, builder, sandbox, o, "你好")
+    assert wait_for(lambda: all(sandbox.sends(o) for o in shoppers))
+    assert len(sandbox.state.token_fetches) == 1
+
+    sandbox.state.revoke_all()  # 40001 for everyone
+    for o in shoppers:
+        post(stack, builder, sandbox, o, "谢谢")
+    assert wait_for(lambda: all(len(sandbox.sends(o)) == 2 for o in shoppers))
+    assert len(sandbox.state.token_fetches) == 2
+    assert any(code == 40001 for _, code in sandbox.state.calls)
+
+    sandbox.state.offset += 7200  # WeChat's clock passes the token's expiry: 42001
+    for o in shoppers:
+        post(stack, builder, sandbox, o, "发票怎么开")
+    assert wait_for(lambda: all(len(sandbox.sends(o)) == 3 for o in shoppers))
+    assert len(sandbox.state.token_fetches) == 3
+    assert any(code == 42001 for _, code in sandbox.state.calls)
+    logs = "".join((stack.tmp / f"{w}.log").read_text() for w in ("w1", "w2"))
+    assert logs.count("access token refreshed") == 3
+
+
+def test_health_and_metrics_over_http(stack, builder, sandbox):
+    stack.start_worker()
+    stack.wait_healthy()
+    post(stack, builder, sandbox, "o_ops", "你好")
+    wait_for(lambda: sandbox.sends("o_ops"))
+    health = requests.get(stack.url + "/healthz", timeout=2).json()
+    assert health["ok"] and len(health["workers"]) == 1
+    text = wait_for(lambda: (t := requests.get(stack.url + "/metrics", timeout=2).text)
+                    and 'wxkf_jobs_total{outcome="knowledge"} 1' in t and t)
+    assert 'wxkf_sends_total{api="send",errcode="0"} 1' in text

@@ -1,0 +1,133 @@
+"""The worker in-process: decisions become sends, in order, once, and a crashed worker's messages survive."""
+import dataclasses
+import time
+
+import pytest
+
+from wxkf import keys
+from wxkf.worker import Worker, build_responder
+
+
+@pytest.fixture
+def fast(svc):
+    svc.config = dataclasses.replace(svc.config, lease_seconds=1, heartbeat_seconds=0.2)
+    return svc
+
+
+def make_worker(svc, name):
+    w = Worker(svc, build_responder(svc.config), name=name)
+    svc.inbox.ensure_groups()
+    w.beat()
+    w.balance()
+    return w
+
+
+def push(client, builder, sandbox, openid, **kw):
+    fields = builder.message(openid, **kw)
+    if "event" not in kw:
+        sandbox.state.interact(openid)
+    else:
+        sandbox.state.interact(openid, kw["event"])
+    url, body = builder.request(fields)
+    assert client.post(url, data=body).status_code == 200
+    return fields
+
+
+def drain(worker, rounds=5):
+    for _ in range(rounds):
+        worker.run_once(block_ms=50)
+
+
+def test_text_gets_the_knowledge_answer_with_typing(fast, client, builder, sandbox):
+    w = make_worker(fast, "w1")
+    push(client, builder, sandbox, "o_a", text="我的快递到哪了")
+    drain(w)
+    sent = sandbox.sends("o_a")
+    assert len(sent) == 1 and "48小时内发货" in sent[0]["text"]["content"]
+    assert sandbox.state.typing and sandbox.state.typing[0]["touser"] == "o_a"
+
+
+@pytest.mark.parametrize("kw, expect", [
+    ({"msg_type": "image", "PicUrl": "http://x", "MediaId": "m"}, "看不了图片"),
+    ({"msg_type": "miniprogrampage", "Title": "蓝色卫衣", "AppId": "wx1", "PagePath": "p"}, "蓝色卫衣"),
+    ({"msg_type": "voice", "MediaId": "m", "Format": "amr", "Recognition": "发票怎么开"}, "电子发票"),
+    ({"msg_type": "voice", "MediaId": "m", "Format": "amr"}, "听不了语音"),
+    ({"msg_type": "location", "Location_X": "23.1", "Location_Y": "113.3", "Scale": "20", "Label": "广州"}, "位置"),
+    ({"msg_type": "link", "Title": "t", "Description": "d", "Url": "http://x"}, "链接"),
+    ({"event": "user_enter_tempsession", "SessionFrom": "goods"}, "欢迎光临"),
+    ({"event": "subscribe"}, "欢迎光临"),
+])
+def test_message_types_are_answered_sensibly(fast, client, builder, sandbox, kw, expect):
+    w = make_worker(fast, "w1")
+    push(client, builder, sandbox, "o_types", **kw)
+    drain(w)
+    sent = sandbox.sends("o_types")
+    assert len(sent) == 1 and expect in sent[0]["text"]["content"]
+
+
+def test_unsubscribe_is_acknowledged_and_nothing_is_sent(fast, client, builder, sandbox, r):
+    w = make_worker(fast, "w1")
+    url, body = builder.request(builder.message("o_u", event="unsubscribe"))
+    assert client.post(url, data=body).status_code == 200
+    drain(w)
+    assert sandbox.sends("o_u") == []
+
+
+def test_one_shoppers_messages_are_answered_in_order(fast, client, builder, sandbox):
+    w = make_worker(fast, "w1")
+    for text in ("你好", "我的快递到哪了", "发票怎么开", "谢谢"):
+        push(client, builder, sandbox, "o_order", text=text)
+    drain(w)
+    answers = [m["text"]["content"] for m in sandbox.sends("o_order")]
+    assert len(answers) == 4
+    assert "您好" in answers[0] and "发货" in answers[1] and "发票" in answers[2] and "不客气" in answers[3]
+
+
+def test_a_crashed_workers_message_is_taken_over_and_answered_once(fast, client, builder, sandbox, r):
+    dead = make_worker(fast, "dead")
+    push(client, builder, sandbox, "o_crash", text="发票怎么开")
+    taken = fast.inbox.read(sorted(dead.owned), "dead", block_ms=50)
+    assert len(taken) == 1  # the dead worker held it and never acknowledged: it "crashed" here
+    r.delete(keys.worker_alive("dead"))
+    time.sleep(1.2)  # its leases expire
+    heir = make_worker(fast, "heir")
+    assert heir.owned  # took over the dead worker's shards
+    drain(heir)
+    assert len(sandbox.sends("o_crash")) == 1
+    drain(heir)
+    assert len(sandbox.sends("o_crash")) == 1
+    assert fast.inbox.stats()[0] == 0
+
+
+def test_redelivered_message_after_send_is_not_answered_again(fast, client, builder, sandbox, r):
+    w = make_worker(fast, "w1")
+    fields = push(client, builder, sandbox, "o_twice", text="发票怎么开")
+    drain(w)
+    # The same push delivered again (e.g. the worker died between send and ack).
+    from wxkf.wechat.push import to_inbound
+    inbound = to_inbound({k: str(v) for k, v in fields.items()}, "xml")
+    w.process(inbound)
+    assert len(sandbox.sends("o_twice")) == 1
+
+
+def test_shards_are_shared_between_workers(fast, r):
+    a = make_worker(fast, "a")
+    b = make_worker(fast, "b")
+    a.balance()
+    b.balance()
+    assert a.owned and b.owned and not (a.owned & b.owned)
+    assert len(a.owned) + len(b.owned) == fast.inbox.shards
+
+
+def test_a_broken_knowledge_edit_keeps_the_last_good_answers(fast, client, builder, sandbox, tmp_path):
+    import shutil
+    kb_dir = tmp_path / "kb"
+    shutil.copytree(fast.config.knowledge_dir, kb_dir)
+    fast.config = dataclasses.replace(fast.config, knowledge=str(kb_dir))
+    w = make_worker(fast, "w1")
+    w.responder.store.interval = 0
+    (kb_dir / "orders.yaml").write_text("intents:\n  - id: broken\n    title: [unclosed\n")
+    push(client, builder, sandbox, "o_kb", text="我的快递到哪了")
+    drain(w)
+    assert "48小时内发货" in sandbox.sends("o_kb")[0]["text"]["content"]
+    assert w.responder.store.last_error is not None
