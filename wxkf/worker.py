@@ -156,7 +156,20 @@ def build_responder(cfg):
     return KeywordMatcher(KnowledgeStore(cfg.knowledge_dir))
 
 
+def wait_for_redis(r, seconds=30):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return r.ping()
+        except redis_lib.RedisError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("waiting for Redis: %s", exc)
+            time.sleep(0.5)
+
+
 def main(svc):
+    wait_for_redis(svc.redis)
     worker = Worker(svc, build_responder(svc.config))
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)

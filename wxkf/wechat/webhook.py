@@ -107,6 +107,6 @@ def _count(svc, name, **labels):
 
 def _observe(svc, elapsed):
     try:
-        svc.metrics.observe("wxkf_push_seconds", elapsed)
+        svc.metrics.observe_buffered("wxkf_push_seconds", elapsed)
     except redis.RedisError:
         pass
