@@ -116,3 +116,21 @@ def test_health_and_metrics_over_http(stack, builder, sandbox):
     text = wait_for(lambda: (t := requests.get(stack.url + "/metrics", timeout=2).text)
                     and 'wxkf_jobs_total{outcome="knowledge"} 1' in t and t)
     assert 'wxkf_sends_total{api="send",errcode="0"} 1' in text
+
+
+def test_demo_loop_through_the_sandbox_push_endpoint(stack, builder, sandbox):
+    """What a newcomer does in demo mode: play a shopper at the sandbox, read the reply there."""
+    stack.start_worker()
+    stack.wait_healthy()
+    sandbox.state.builder, sandbox.state.webhook_url = builder, stack.url
+    try:
+        for fmt in ("xml", "json"):
+            resp = requests.post(sandbox.url + "/sandbox/push", timeout=10,
+                                 json={"openid": f"o_demo_{fmt}", "text": "我的快递到哪了", "format": fmt})
+            assert resp.json() == {"status": 200, "body": "success"}
+        for fmt in ("xml", "json"):
+            got = wait_for(lambda: requests.get(sandbox.url + "/sandbox/messages",
+                                                params={"touser": f"o_demo_{fmt}"}, timeout=2).json()["messages"])
+            assert len(got) == 1 and "发货" in got[0]["text"]["content"]
+    finally:
+        sandbox.state.builder = sandbox.state.webhook_url = None

@@ -1,5 +1,6 @@
 """The long-lived objects a process builds once from config: Redis, crypto, inbox, metrics, sender."""
 import logging
+import time
 
 from . import config as config_mod
 from .inbox import Inbox
@@ -25,6 +26,25 @@ class Services:
         return self._sender
 
 
+class _Formatter(logging.Formatter):
+    """The standard format, with the timestamp text computed once per second (the webhook logs every push)."""
+
+    _second = None
+    _text = ""
+
+    def formatTime(self, record, datefmt=None):
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._text = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._text},{int(record.msecs):03d}"
+
+
 def setup_logging(level="INFO"):
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s %(process)d %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging.logProcesses = True

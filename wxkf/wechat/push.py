@@ -5,8 +5,7 @@ Protocol ref. 1.3 (modes), 1.7 (Mini Program types), 1.8 (Official Account types
 import json
 import re
 
-import xmltodict
-from xml.parsers.expat import ExpatError
+from xml.etree.ElementTree import ParseError, XMLParser, fromstring
 
 from ..errors import BadPush
 
@@ -42,15 +41,25 @@ def parse_document(body, fmt):
         if not isinstance(doc, dict):
             raise BadPush("JSON push is not an object")
         return doc
+    # Refused before parsing: no DTD means no external entities (XXE) and no entity expansion
+    # (billion laughs), whatever the parser would do with them.
     if _DOCTYPE.search(body):
         raise BadPush("XML with DTD or entity declarations is refused")
     try:
-        doc = xmltodict.parse(body, disable_entities=True)
-    except (ExpatError, ValueError):
+        root = fromstring(body, parser=XMLParser())
+    except (ParseError, ValueError):
         raise BadPush("malformed XML") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("xml"), dict):
+    if root.tag != "xml":
         raise BadPush("XML push has no <xml> root")
-    return doc["xml"]
+    return _element_fields(root)
+
+
+def _element_fields(element):
+    """A push's elements as a dict: text for leaves, dicts for nested elements (e.g. TransInfo)."""
+    out = {}
+    for child in element:
+        out[child.tag] = _element_fields(child) if len(child) else (child.text or "")
+    return out
 
 
 def _text(value):

@@ -101,6 +101,7 @@ class SandboxState:
 def create_sandbox(appid, secret, builder=None, webhook_url=None, **kwargs):
     app = Flask("wxkf.sandbox")
     state = SandboxState(appid, secret, **kwargs)
+    state.builder, state.webhook_url = builder, webhook_url
     app.extensions["sandbox"] = state
 
     def err(code, msg):
@@ -289,6 +290,7 @@ def create_sandbox(appid, secret, builder=None, webhook_url=None, **kwargs):
         """Play a shopper: {"openid", "text"} (or "event"), optional "mode" and "format"; the push is
         built and signed as WeChat does and delivered to the webhook."""
         import requests
+        builder, webhook_url = state.builder, state.webhook_url
         if builder is None or not webhook_url:
             return jsonify(error="sandbox started without a webhook to push to"), 400
         data = request.get_json(force=True, silent=True) or {}

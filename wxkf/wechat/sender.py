@@ -191,6 +191,44 @@ class Sender:
             sent += 1
         return sent
 
+    def upload_image(self, data, filename="image.jpg"):
+        """POST cgi-bin/media/upload?type=image (protocol ref. 2.3): a media_id valid for 3 days.
+        Mini Program customer service accepts images only."""
+        res = self.api.call("/cgi-bin/media/upload", params={"type": "image"},
+                            files={"media": (filename, data)})
+        return res["media_id"]
+
+    def image_message(self, openid, media_id):
+        return {"touser": openid, "msgtype": "image", "image": {"media_id": media_id}}
+
+    def card_message(self, openid, title, pagepath, thumb_media_id, appid=None):
+        """A mini-program card (miniprogrampage); `appid` is needed from an Official Account only."""
+        card = {"title": title, "pagepath": pagepath, "thumb_media_id": thumb_media_id}
+        if appid:
+            card["appid"] = appid
+        return {"touser": openid, "msgtype": "miniprogrampage", "miniprogrampage": card}
+
+    def send_one(self, push_id, openid, message, index=0):
+        """Send a prepared non-text message once per inbound message, within the shopper's window."""
+        key = keys.sent(push_id)
+        if self.redis.hexists(key, f"msg:{index}"):
+            return False
+        if self._take(keys=[keys.quota(openid)], args=[self.clock()]) <= 0:
+            self._undelivered(push_id, openid, [json.dumps(message, ensure_ascii=False)], "window_closed_or_quota_used")
+            return False
+        try:
+            self.send(message)
+        except QuotaExceeded as exc:
+            self._sync_quota(openid, exc.errcode)
+            self._undelivered(push_id, openid, [json.dumps(message, ensure_ascii=False)], f"errcode_{exc.errcode}")
+            return False
+        except WeChatError:
+            self.redis.hincrby(keys.quota(openid), "used", -1)
+            raise
+        self.redis.hset(key, f"msg:{index}", int(self.clock()))
+        self.redis.expire(key, defaults.IDEMPOTENCY_TTL)
+        return True
+
     def send(self, message):
         """POST cgi-bin/message/custom/send (protocol ref. 2.1); retry what retrying can fix."""
         delay = 0.5
