@@ -11,6 +11,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -114,6 +115,25 @@ def open_loop(port, requests, rate, out):
     out.put({"seconds": time.perf_counter() - started, "lat": lat, "errors": errors[0]})
 
 
+def wrk(port, lines, seconds, concurrency, tmp):
+    """Closed loop with wrk (a C load generator): pushes/s and latency percentiles."""
+    import re
+    path = tmp / f"requests-{port}.txt"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    out = subprocess.run(["wrk", "-t2", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s",
+                          str(ROOT / "bench" / "wrk_requests.lua"), f"http://127.0.0.1:{port}", "--", str(path), "2"],
+                         capture_output=True, text=True, check=True).stdout
+
+    def ms(label):
+        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50": ms("50"), "p99": ms("99"), "errors": int(bad.group(1)) if bad else 0}
+
+
 def drive(target, *args):
     out = mp.Queue()
     p = mp.Process(target=target, args=args + (out,))
@@ -133,10 +153,12 @@ def main():
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--rate", type=float, default=200)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: web_workers from config)")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
     cfg = config_mod.load(env={})
+    args.workers = args.workers or cfg.web_workers
     tmp = Path(tempfile.mkdtemp(prefix="wxkf-bench-"))
     redis_proc = start_embedded(tmp, persist=False)
     redis_url = f"unix://{tmp / 'redis.sock'}"
@@ -153,44 +175,59 @@ def main():
     try:
         wait_up(wx_port)
         wait_up(bare_port)
+        time.sleep(1)  # gunicorn's workers boot after the port opens
         builder = PushBuilder(cfg.token, cfg.aes_key, cfg.appid)
-        n_closed = int(args.seconds * 600)
-        n_open = int(args.seconds * args.rate)
+        counter = [0]
 
-        def pushes(n, mode, port):
+        def pushes(n, mode):
             out = []
-            for i in range(n):
-                fields = builder.message(f"o_bench_{i % 500}", text="我的快递到哪了")
-                path, body = builder.request(fields, mode=mode)
-                out.append(request_bytes(path, body, port))
+            for _ in range(n):
+                counter[0] += 1
+                fields = builder.message(f"o_bench_{counter[0] % 500}", text="我的快递到哪了")
+                out.append(builder.request(fields, mode=mode))
             return out
 
+        use_wrk = shutil.which("wrk") is not None
+        print(f"cpu: {os.cpu_count()} cores; gunicorn sync workers: {args.workers}; "
+              f"closed loop: {'wrk' if use_wrk else 'python'} -c{args.concurrency} for {args.seconds:.0f} s; "
+              f"open loop: {args.rate:.0f} pushes/s for {args.seconds:.0f} s; {args.rounds} rounds, medians")
+        scenarios = (("bare flask", "plain", bare_port), ("wxkf plaintext", "plain", wx_port),
+                     ("wxkf safe mode", "safe", wx_port))
+        results = {name: [] for name, _, _ in scenarios}
+        for _ in range(args.rounds):
+            for name, mode, port in scenarios:
+                n_closed = int(args.seconds * 4000)
+                if use_wrk:
+                    lines = [path.encode() + b"\t" + body for path, body in pushes(n_closed, mode)]
+                    closed = wrk(port, lines, int(args.seconds), args.concurrency, tmp)
+                else:
+                    reqs = [request_bytes(p_, b, port) for p_, b in pushes(int(args.seconds * 600), mode)]
+                    c = drive(closed_loop, port, reqs, args.concurrency)
+                    closed = {"rps": len(c["lat"]) / c["seconds"], "p50": pct(c["lat"], .5),
+                              "p99": pct(c["lat"], .99), "errors": c["errors"]}
+                reqs = [request_bytes(p_, b, port) for p_, b in pushes(int(args.seconds * args.rate), mode)]
+                opened = drive(open_loop, port, reqs, args.rate)
+                results[name].append({"rps": closed["rps"], "closed_p50": closed["p50"], "closed_p99": closed["p99"],
+                                      "open_p50": pct(opened["lat"], .5), "open_p99": pct(opened["lat"], .99),
+                                      "errors": closed["errors"] + opened["errors"]})
         rows = []
-        print(f"cpu: {os.cpu_count()} cores; gunicorn sync workers: {args.workers}; load: 1 separate process on loopback")
-        for name, mode, port in (("bare flask", "plain", bare_port), ("wxkf plaintext", "plain", wx_port),
-                                 ("wxkf safe mode", "safe", wx_port)):
-            warm = pushes(200, mode, port)
-            drive(closed_loop, port, warm, args.concurrency)
-            closed = drive(closed_loop, port, pushes(n_closed, mode, port), args.concurrency)
-            opened = drive(open_loop, port, pushes(n_open, mode, port), args.rate)
-            rows.append({
-                "scenario": name,
-                "max_pushes_per_s": round(len(closed["lat"]) / closed["seconds"], 1),
-                "closed_p50_ms": round(pct(closed["lat"], 0.5), 2),
-                "closed_p99_ms": round(pct(closed["lat"], 0.99), 2),
-                f"at_{int(args.rate)}_per_s_p50_ms": round(pct(opened["lat"], 0.5), 2),
-                f"at_{int(args.rate)}_per_s_p99_ms": round(pct(opened["lat"], 0.99), 2),
-                "errors": closed["errors"] + opened["errors"],
-            })
-        base = rows[0]["max_pushes_per_s"]
+        for name, runs in results.items():
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            rows.append({"scenario": name, "pushes_per_s": round(med["rps"], 1),
+                         "runs": "/".join(str(round(r["rps"])) for r in runs),
+                         "closed_p50_ms": round(med["closed_p50"], 2), "closed_p99_ms": round(med["closed_p99"], 2),
+                         f"p50_ms_at_{args.rate:.0f}/s": round(med["open_p50"], 2),
+                         f"p99_ms_at_{args.rate:.0f}/s": round(med["open_p99"], 2),
+                         "errors": sum(r["errors"] for r in runs)})
+        base = rows[0]["pushes_per_s"]
         for row in rows:
-            row["vs_bare"] = f"{100 * row['max_pushes_per_s'] / base:.0f}%"
-        keys = list(rows[0])
-        widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in keys]
-        print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+            row["vs_bare"] = f"{100 * row['pushes_per_s'] / base:.0f}%"
+        cols = list(rows[0])
+        widths = [max(len(k), *(len(str(r[k])) for r in rows)) for k in cols]
+        print("  ".join(k.ljust(w) for k, w in zip(cols, widths)))
         for r in rows:
-            print("  ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)))
-        print(json.dumps(rows))
+            print("  ".join(str(r[k]).ljust(w) for k, w in zip(cols, widths)))
+        print(json.dumps(rows, ensure_ascii=False))
     finally:
         for p in procs:
             p.terminate()

@@ -34,7 +34,7 @@ class Config:
     model: str = ""
     bind: str = "127.0.0.1:8000"
     var_dir: str = "var"
-    web_workers: int = 2
+    web_workers: int = 4
     max_body_bytes: int = defaults.MAX_BODY_BYTES
     timestamp_window: int = defaults.TIMESTAMP_WINDOW
     dedup_ttl: int = defaults.DEDUP_TTL

@@ -39,6 +39,7 @@ class Metrics:
         self._pending = {}
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
+        self._names = {}
 
     def inc(self, name, n=1, pipe=None, **labels):
         (pipe or self.redis).hincrby(keys.METRICS, field(name, **labels), n)
@@ -54,16 +55,27 @@ class Metrics:
         if pipe is None:
             target.execute()
 
+    def _histogram_fields(self, name, labels):
+        key = (name, tuple(sorted(labels.items())))
+        names = self._names.get(key)
+        if names is None:
+            names = self._names[key] = (
+                [field(name + "_bucket", le=str(le), **labels) for le in BUCKETS],
+                field(name + "_bucket", le="+Inf", **labels), field(name + "_sum", **labels),
+                field(name + "_count", **labels))
+        return names
+
     def observe_buffered(self, name, seconds, **labels):
         """Like observe(), batched per process: hot paths pay one Redis round trip a second, not one each."""
+        buckets, inf, sum_f, count_f = self._histogram_fields(name, labels)
         with self._lock:
-            for le in BUCKETS:
+            pending = self._pending
+            for le, f in zip(BUCKETS, buckets):
                 if seconds <= le:
-                    f = field(name + "_bucket", le=str(le), **labels)
-                    self._pending[f] = self._pending.get(f, 0) + 1
-            for f, v in ((field(name + "_bucket", le="+Inf", **labels), 1), (field(name + "_sum", **labels), seconds),
-                         (field(name + "_count", **labels), 1)):
-                self._pending[f] = self._pending.get(f, 0) + v
+                    pending[f] = pending.get(f, 0) + 1
+            pending[inf] = pending.get(inf, 0) + 1
+            pending[sum_f] = pending.get(sum_f, 0.0) + seconds
+            pending[count_f] = pending.get(count_f, 0) + 1
             due = time.monotonic() - self._last_flush >= self.flush_seconds
         if due:
             self.flush()
