@@ -160,7 +160,7 @@ def main():
     cfg = config_mod.load(env={})
     args.workers = args.workers or cfg.web_workers
     tmp = Path(tempfile.mkdtemp(prefix="wxkf-bench-"))
-    redis_proc = start_embedded(tmp, persist=False)
+    redis_proc = start_embedded(tmp)  # AOF on, as run.sh runs it
     redis_url = f"unix://{tmp / 'redis.sock'}"
     wx_port, bare_port = free_port(), free_port()
     env = dict(os.environ, WXKF_REDIS_URL=redis_url, WXKF_BIND=f"127.0.0.1:{wx_port}",

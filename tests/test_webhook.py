@@ -237,3 +237,13 @@ def test_metrics_render_prometheus_text(client, builder):
     assert 'wxkf_pushes_total{type="text"} 1' in text
     assert "# TYPE wxkf_push_seconds histogram" in text
     assert "wxkf_queue_depth 1" in text
+
+
+def test_queueing_survives_a_redis_script_flush(client, builder, r):
+    """Redis forgets scripts on restart or SCRIPT FLUSH; the webhook loads it again."""
+    url, body = builder.request(builder.message("o1", text="first"))
+    assert client.post(url, data=body).status_code == 200
+    r.script_flush()
+    url, body = builder.request(builder.message("o1", text="second"))
+    assert client.post(url, data=body).status_code == 200
+    assert queued(r) == 2

@@ -6,7 +6,10 @@ messages are handled in the order WeChat sent them. Entries are read through one
 (at-least-once): an entry is deleted only after the worker acknowledges it, and the next owner of a
 shard first takes over whatever the previous owner left pending.
 """
+import hashlib
 import json
+import os
+import threading
 import time
 import zlib
 
@@ -40,6 +43,41 @@ return 0
 """
 
 
+class HotScript:
+    """A Lua script run on a connection this process keeps for it.
+
+    The webhook runs one script per push; skipping the pool's checkout and redis-py's Script
+    wrapper saves a measurable share of a push's cost on a small machine. Reconnects after a fork
+    or a dropped connection; loads the script when Redis has forgotten it (restart, SCRIPT FLUSH).
+    """
+
+    def __init__(self, redis, source):
+        self.redis = redis
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self._conn = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    def __call__(self, keys, args):
+        with self._lock:
+            for attempt in (1, 2):
+                if self._conn is None or self._pid != os.getpid():
+                    self._conn = self.redis.connection_pool.make_connection()
+                    self._pid = os.getpid()
+                try:
+                    self._conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+                    return self._conn.read_response()
+                except redis_lib.exceptions.NoScriptError:
+                    self._conn.send_command("EVAL", self.source, len(keys), *keys, *args)
+                    return self._conn.read_response()
+                except (redis_lib.ConnectionError, redis_lib.TimeoutError, OSError):
+                    self._conn.disconnect()
+                    self._conn = None
+                    if attempt == 2:
+                        raise
+
+
 def shard_of(openid, shards):
     return zlib.crc32(openid.encode()) % shards
 
@@ -51,7 +89,7 @@ class Inbox:
         self.shards = shards
         self.dedup_ttl = dedup_ttl
         self.maxlen = maxlen
-        self._enqueue = redis.register_script(_ENQUEUE)
+        self._enqueue = HotScript(redis, _ENQUEUE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
 
