@@ -64,7 +64,7 @@ class Sandbox:
 @pytest.fixture
 def cfg(redis_url):
     return config_mod.load(env={}, redis_url=redis_url, api_base="http://127.0.0.1:9", knowledge=str(ROOT / "knowledge"),
-                           typing=True)
+                           typing=True, generation=False)
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +125,8 @@ class Stack:
         self.env = dict(os.environ, WXKF_CONFIG=str(ROOT / "conf" / "wxkf.toml"), WXKF_REDIS_URL=redis_url,
                         WXKF_API_BASE=sandbox.url, WXKF_BIND=f"127.0.0.1:{self.port}",
                         WXKF_KNOWLEDGE=str(ROOT / "knowledge"), WXKF_LEASE_SECONDS="2",
-                        WXKF_HEARTBEAT_SECONDS="0.5", WXKF_WEB_WORKERS=str(web_workers), PYTHONUNBUFFERED="1")
+                        WXKF_HEARTBEAT_SECONDS="0.5", WXKF_WEB_WORKERS=str(web_workers), PYTHONUNBUFFERED="1",
+                        WXKF_GENERATION=os.environ.get("WXKF_TEST_GENERATION", "false"))
         self.tmp = tmp_path
         self.procs = []
         self.web = self._spawn("serve", [str(BIN / "wxkf"), "serve"])

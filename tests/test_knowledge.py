@@ -78,7 +78,8 @@ def test_intent_and_chat_cli_print_json_lines():
     rows = [json.loads(line) for line in out.output.splitlines()]
     assert rows[0]["intent"] == "invoice" and rows[0]["escalate"] is False
     assert rows[1]["escalate"] is True and rows[1]["reason"] == "request"
-    chat = runner.invoke(main, ["chat", "--json", "--knowledge", str(SHIPPED)], input="你好\n我的快递到哪了\n")
+    chat = runner.invoke(main, ["chat", "--json", "--no-generation", "--knowledge", str(SHIPPED)],
+                         input="你好\n我的快递到哪了\n")
     replies = [json.loads(line) for line in chat.output.splitlines()]
     assert [r["source"] for r in replies] == ["knowledge", "knowledge"]
     assert replies[1]["intent"] == "logistics" and "发货" in replies[1]["reply"]

@@ -182,15 +182,27 @@ def kb_check(ctx, folder):
     click.echo(f"ok: {len(kb_.intents)} intents in {folder}")
 
 
-def _responder(ctx, knowledge):
+def _engine(ctx, knowledge, generation=None):
+    from .dialogue.engine import DialogueEngine
     from .dialogue.knowledge import KnowledgeStore
-    from .dialogue.matcher import KeywordMatcher
-    folder = knowledge or str(_config(ctx).knowledge_dir)
+    cfg = _config(ctx)
+    folder = knowledge or str(cfg.knowledge_dir)
     try:
-        return KeywordMatcher(KnowledgeStore(folder))
+        store = KnowledgeStore(folder)
     except KnowledgeError as exc:
         click.echo(f"wxkf: {exc}", err=True)
         sys.exit(1)
+    generator = None
+    if cfg.generation if generation is None else generation:
+        from .dialogue import model as model_mod
+        from .dialogue.generator import Generator
+        try:
+            llm = model_mod.load(cfg.model_path)
+        except FileNotFoundError as exc:
+            click.echo(f"wxkf: {exc}", err=True)
+            sys.exit(1)
+        generator = Generator(llm, budget_seconds=cfg.generation_budget, max_chars=cfg.max_reply_chars)
+    return DialogueEngine(store, generator).warm_up()
 
 
 def _lines(texts):
@@ -209,41 +221,83 @@ def _lines(texts):
 @click.pass_context
 def intent(ctx, knowledge, texts):
     """Classify each TEXT (or stdin line): one JSON object per line."""
-    from .dialogue.decision import Action, Conversation, Message
-    responder = _responder(ctx, knowledge)
+    from .dialogue import escalation
+    from .dialogue.engine import ANSWER_AT
+    engine = _engine(ctx, knowledge, generation=False)
+    clf = engine.classifier()
     for text in _lines(texts):
-        d = responder.decide(Message(kind="text", text=text), Conversation("cli"))
-        ranked = responder.classify(text)
-        runner = ranked[1] if len(ranked) > 1 else (None, 0.0)
+        started = time.perf_counter()
+        ranked = clf.rank(text)
+        esc = escalation.detect(text, clf.kb.escalation_keywords)
+        top = ranked[0]
+        runner = ranked[1] if len(ranked) > 1 else None
         click.echo(json.dumps({
-            "text": text, "intent": d.intent, "confidence": d.confidence,
-            "runner_up": runner[0].id if runner[0] else None, "runner_up_confidence": round(runner[1], 3),
-            "escalate": d.action == Action.ESCALATE, "reason": d.reason}, ensure_ascii=False))
+            "text": text, "intent": top.intent_id if top.confidence >= ANSWER_AT else None,
+            "top": top.intent_id, "confidence": top.confidence,
+            "runner_up": runner.intent_id if runner else None,
+            "runner_up_confidence": runner.confidence if runner else 0.0,
+            "escalate": esc is not None, "reason": esc.reason if esc else None,
+            "priority": esc.priority if esc else 0,
+            "ms": round((time.perf_counter() - started) * 1000, 2)}, ensure_ascii=False))
 
 
 @main.command()
 @click.option("--knowledge", default=None, help="Knowledge folder (default from config).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per reply.")
+@click.option("--generation/--no-generation", default=None, help="Rephrase answers with the model (default: config).")
 @click.pass_context
-def chat(ctx, knowledge, as_json):
-    """Talk to the bot locally: each stdin line is the shopper's next message."""
+def chat(ctx, knowledge, as_json, generation):
+    """Talk to the bot locally: each stdin line is the shopper's next message, in one conversation."""
     from .dialogue.decision import Action, Conversation, Message
-    responder = _responder(ctx, knowledge)
+    engine = _engine(ctx, knowledge, generation)
     convo = Conversation("cli")
     interactive = sys.stdin.isatty() and not as_json
     if interactive:
         click.echo("wxkf chat: type a message, Ctrl-D to quit.")
     for text in _lines(()):
         started = time.perf_counter()
-        d = responder.decide(Message(kind="text", text=text), convo)
+        d = engine.decide(Message(kind="text", text=text), convo)
         ms = round((time.perf_counter() - started) * 1000, 2)
         reply = d.text if d.action != Action.SILENT else None
         if as_json:
             click.echo(json.dumps({"text": text, "reply": reply, "source": d.source, "intent": d.intent,
-                                   "confidence": d.confidence, "escalate": d.action == Action.ESCALATE,
-                                   "reason": d.reason, "ms": ms}, ensure_ascii=False))
+                                   "confidence": d.confidence, "runner_up": d.runner_up,
+                                   "escalate": d.action == Action.ESCALATE, "reason": d.reason,
+                                   "priority": d.priority, "ms": ms}, ensure_ascii=False))
         else:
-            click.echo(f"客服: {reply}" + (f"  [{d.source}:{d.intent}]" if interactive else ""))
+            click.echo(f"客服: {reply}" + (f"  [{d.source} {d.intent or ''} {d.confidence:.2f}]" if interactive else ""))
+
+
+@main.command("eval")
+@click.option("--knowledge", default=None, help="Knowledge folder (default from config).")
+@click.option("--min-accuracy", type=float, default=None, help="Exit 1 when top-1 accuracy is below this.")
+@click.option("--misses/--no-misses", default=True, help="List the misclassified cases.")
+@click.argument("cases", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+def eval_cmd(ctx, knowledge, min_accuracy, misses, cases):
+    """Accuracy, per-intent precision/recall and the confusion matrix for a labelled case file."""
+    from .dialogue.engine import ANSWER_AT
+    from .dialogue.evaluate import evaluate, format_report, read_cases
+    clf = _engine(ctx, knowledge, generation=False).classifier()
+    try:
+        rows = read_cases(cases)
+    except ValueError as exc:
+        click.echo(f"wxkf: {exc}", err=True)
+        sys.exit(2)
+    started = time.perf_counter()
+
+    def predict(text):
+        ranked = clf.rank(text)
+        top = ranked[0]
+        return top.intent_id, (top.intent_id if top.confidence >= ANSWER_AT else None)
+
+    report = evaluate(rows, predict)
+    per_msg = (time.perf_counter() - started) / max(1, len(rows)) * 1000
+    click.echo(format_report(report, show_misses=misses))
+    click.echo(f"\n{per_msg:.2f} ms per message (classification without the model)")
+    if min_accuracy is not None and report["top1_accuracy"] < min_accuracy:
+        click.echo(f"FAIL: top-1 accuracy {report['top1_accuracy']:.3f} < {min_accuracy}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

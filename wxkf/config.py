@@ -42,6 +42,9 @@ class Config:
     lease_seconds: float = defaults.LEASE_SECONDS
     heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS
     typing: bool = True
+    generation: bool = True
+    generation_budget: float = 1.5
+    max_reply_chars: int = 50
     sandbox: bool = False
     sandbox_bind: str = "127.0.0.1:8001"
     log_level: str = "INFO"

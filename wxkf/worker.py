@@ -25,8 +25,9 @@ log = logging.getLogger("wxkf.worker")
 
 
 class Worker:
-    def __init__(self, svc, responder, name=None):
+    def __init__(self, svc, responder, name=None, conversations=None):
         self.svc = svc
+        self.conversations = conversations
         self.cfg = svc.config
         self.redis = svc.redis
         self.inbox = svc.inbox
@@ -85,16 +86,24 @@ class Worker:
         if (message.kind == "text" and time.time() - inbound["create_time"] < 30
                 and not self.redis.exists(keys.sent(push_id))):
             self.sender.typing(openid)
-        decision = self.responder.decide(message, Conversation(openid))
+        convo = self.conversations.load(openid) if self.conversations else Conversation(openid)
+        decision = self.responder.decide(message, convo)
+        if self.conversations:
+            self.conversations.save(convo)
         if decision.action != Action.SILENT and decision.text:
             self.sender.deliver(push_id, openid, [decision.text])
         return decision
 
     def handle(self, shard, entry_id, inbound):
         started = time.time()
+        intent = None
         try:
             decision = self.process(inbound)
+            intent = decision.intent
             outcome = decision.source
+            if decision.action == Action.ESCALATE:
+                log.info("escalation push=%s openid=%s reason=%s priority=%d", inbound["id"], inbound["openid"],
+                         decision.reason, decision.priority)
         except WeChatError as exc:
             outcome = "send_failed"  # kept in the undelivered stream by the sender
             log.error("push %s: reply not sent: %s", inbound["id"], exc)
@@ -108,8 +117,8 @@ class Worker:
         self.inbox.ack(shard, entry_id)
         self.svc.metrics.inc("wxkf_jobs_total", outcome=outcome)
         self.svc.metrics.observe("wxkf_job_seconds", max(0.0, time.time() - inbound.get("received_at", started)))
-        log.info("job push=%s openid=%s type=%s outcome=%s in %.0f ms", inbound["id"], inbound["openid"],
-                 inbound["event"] or inbound["type"], outcome, (time.time() - started) * 1000)
+        log.info("job push=%s openid=%s type=%s outcome=%s intent=%s in %.0f ms", inbound["id"], inbound["openid"],
+                 inbound["event"] or inbound["type"], outcome, intent, (time.time() - started) * 1000)
 
     def run_once(self, block_ms=1000):
         """One round: pending entries of newly owned shards first, then new entries. Returns count handled."""
@@ -151,9 +160,17 @@ class Worker:
 
 
 def build_responder(cfg):
+    """The dialogue engine over the knowledge folder; with generation on, the model is loaded here,
+    once per process."""
+    from .dialogue.engine import DialogueEngine
     from .dialogue.knowledge import KnowledgeStore
-    from .dialogue.matcher import KeywordMatcher
-    return KeywordMatcher(KnowledgeStore(cfg.knowledge_dir))
+    generator = None
+    if cfg.generation:
+        from .dialogue import model
+        from .dialogue.generator import Generator
+        generator = Generator(model.load(cfg.model_path), budget_seconds=cfg.generation_budget,
+                              max_chars=cfg.max_reply_chars)
+    return DialogueEngine(KnowledgeStore(cfg.knowledge_dir), generator).warm_up()
 
 
 def wait_for_redis(r, seconds=30):
@@ -170,7 +187,8 @@ def wait_for_redis(r, seconds=30):
 
 def main(svc):
     wait_for_redis(svc.redis)
-    worker = Worker(svc, build_responder(svc.config))
+    from .dialogue.conversation import ConversationStore
+    worker = Worker(svc, build_responder(svc.config), conversations=ConversationStore(svc.redis))
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     worker.run()

@@ -32,8 +32,14 @@ class Message:
 
 @dataclasses.dataclass
 class Conversation:
+    """Recent turns (dicts: role user|bot, text, intent, source), newest last, and the intent ids
+    offered as numbered suggestions in the last bot turn."""
     openid: str
     turns: list = dataclasses.field(default_factory=list)
+    pending: list = dataclasses.field(default_factory=list)
+
+    def last(self, role):
+        return next((t for t in reversed(self.turns) if t["role"] == role), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +50,9 @@ class Decision:
     intent: str | None = None
     confidence: float = 0.0
     reason: str | None = None
+    priority: int = 0
+    runner_up: str | None = None
+    suggestions: tuple = ()
 
     def as_dict(self):
         d = dataclasses.asdict(self)
