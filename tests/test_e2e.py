@@ -134,3 +134,22 @@ def test_demo_loop_through_the_sandbox_push_endpoint(stack, builder, sandbox):
             assert len(got) == 1 and "发货" in got[0]["text"]["content"]
     finally:
         sandbox.state.builder = sandbox.state.webhook_url = None
+
+
+def test_worker_loads_the_model_once_and_replies_with_guarded_text(stack, builder, sandbox):
+    stack.env["WXKF_GENERATION"] = "true"
+    stack.start_worker("genworker")
+    stack.wait_healthy(timeout=60)
+    for i, text in enumerate(("点进去就白屏", "屏幕有划痕", "发票怎么开")):
+        post(stack, builder, sandbox, f"o_gen_{i}", text)
+    assert wait_for(lambda: all(sandbox.sends(f"o_gen_{i}") for i in range(3)), timeout=60)
+    log = (stack.tmp / "genworker.log").read_text()
+    assert log.count("model loaded") == 1
+    from wxkf.dialogue.generator import guard
+    from wxkf.dialogue.knowledge import load
+    kb = load(stack.env["WXKF_KNOWLEDGE"])
+    for i, (text, intent) in enumerate((("点进去就白屏", "page_error"), ("屏幕有划痕", "quality"),
+                                        ("发票怎么开", "invoice"))):
+        reply = sandbox.sends(f"o_gen_{i}")[0]["text"]["content"]
+        answer = kb.intent(intent).answer
+        assert reply == answer or guard(reply, text, answer) == "ok"
