@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 from werkzeug.serving import make_server
 

@@ -1,5 +1,4 @@
 """Intent classification quality on held-out shopper messages (the CI quality gate)."""
-import math
 from pathlib import Path
 
 import pytest

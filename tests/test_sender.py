@@ -7,7 +7,6 @@ import pytest
 
 from wxkf import keys
 from wxkf.errors import WeChatUnreachable
-from wxkf.metrics import Metrics
 from wxkf.wechat.api import WeChatAPI
 from wxkf.wechat.sender import Sender, pack, split_text
 

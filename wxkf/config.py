@@ -48,6 +48,9 @@ class Config:
     sandbox: bool = False
     sandbox_bind: str = "127.0.0.1:8001"
     log_level: str = "INFO"
+    kf_account: str = ""
+    handoff_seconds: int = 1800
+    robot_webhook: str = ""
 
     def path(self, value):
         """A path from the config, relative paths taken from the project root."""

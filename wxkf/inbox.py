@@ -17,15 +17,27 @@ import redis as redis_lib
 
 from . import defaults, keys
 
-# Dedup and enqueue in one atomic step: a push is queued exactly once, or not at all.
+# Dedup, handoff and enqueue in one atomic step: a push is queued exactly once or not at all, and an
+# escalating push starts the human handoff in the same step. Returns {entry id or '', held, started}.
 _ENQUEUE = """
+local held = redis.call('EXISTS', KEYS[4])
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'push', ARGV[3])
+  local started = 0
+  if held == 0 and ARGV[6] ~= '' then
+    redis.call('HSET', KEYS[4], 'status', 'waiting', 'reason', ARGV[6], 'priority', ARGV[7], 'since', ARGV[8],
+               'activity', ARGV[8], 'via', 'webhook')
+    redis.call('EXPIRE', KEYS[4], ARGV[9])
+    redis.call('ZADD', KEYS[5], tonumber(ARGV[8]) - 100000 * tonumber(ARGV[7]), ARGV[10])
+    started = 1
+    held = 1
+  end
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'push', ARGV[3], 'held', held,
+                        'started', started)
   redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
-  return id
+  return {id, held, started}
 end
 redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
-return false
+return {'', held, 0}
 """
 
 _RENEW = """
@@ -94,15 +106,25 @@ class Inbox:
         self._release = redis.register_script(_RELEASE)
 
     # -- webhook side -------------------------------------------------------------------------
-    def enqueue(self, inbound):
-        """Queue a push once. Returns the stream id, or None when it is a duplicate."""
+    def enqueue(self, inbound, escalation=None, hold_seconds=1800):
+        """Queue a push once; start a handoff when `escalation` (reason, priority) is given.
+
+        Returns (stream id or None for a duplicate, held, started): `held` when a human holds the
+        shopper after this push, `started` when this push started it.
+        """
         shard = shard_of(inbound["openid"], self.shards)
-        inbound = dict(inbound, received_at=time.time())
+        now = time.time()
+        payload = json.dumps(dict(inbound, received_at=now), ensure_ascii=False)
         kind = inbound["event"] or inbound["type"]
-        return self._enqueue(
-            keys=[keys.dedup(inbound["id"]), keys.inbox(shard), keys.METRICS],
-            args=[self.dedup_ttl, self.maxlen, json.dumps(inbound, ensure_ascii=False),
-                  f'wxkf_pushes_total{{type="{kind}"}}', "wxkf_duplicates_total"])
+        reason, priority = escalation or ("", 0)
+        entry, held, started = self._enqueue(
+            keys=[keys.dedup(inbound["id"]), keys.inbox(shard), keys.METRICS, keys.handoff(inbound["openid"]),
+                  keys.HANDOFFS],
+            args=[self.dedup_ttl, self.maxlen, payload, f'wxkf_pushes_total{{type="{kind}"}}',
+                  "wxkf_duplicates_total", reason, priority, now, hold_seconds, inbound["openid"]])
+        if isinstance(entry, bytes):
+            entry = entry.decode()
+        return entry or None, bool(held), bool(started)
 
     # -- worker side --------------------------------------------------------------------------
     def ensure_groups(self):
@@ -148,7 +170,10 @@ class Inbox:
             shard = int(stream.rsplit(":", 1)[1])
             for entry_id, fields in entries:
                 if fields and "push" in fields:
-                    out.append((shard, entry_id, json.loads(fields["push"])))
+                    inbound = json.loads(fields["push"])
+                    inbound["held"] = fields.get("held") == "1"
+                    inbound["started"] = fields.get("started") == "1"
+                    out.append((shard, entry_id, inbound))
                 else:
                     # An entry trimmed away while pending: acknowledge so it stops coming back.
                     self.ack(shard, entry_id)

@@ -53,3 +53,17 @@ WELCOMED_PREFIX = f"{NS}:welcomed"
 
 def welcomed(openid):
     return f"{WELCOMED_PREFIX}:{openid}"
+
+
+def handoff(openid):
+    """Hash: a human holds this shopper's conversation (status, reason, priority, since, activity, agent)."""
+    return f"{NS}:handoff:{openid}"
+
+
+HANDOFFS = f"{NS}:handoffs"
+"""Sorted set of held shoppers, scored so higher priority and longer waiting come first."""
+
+
+def transcript(openid):
+    """List of JSON turns (shopper, bot, agent, system) for the console."""
+    return f"{NS}:transcript:{openid}"

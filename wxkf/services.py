@@ -17,6 +17,22 @@ class Services:
         self.inbox = Inbox(self.redis, shards=self.config.inbox_shards, dedup_ttl=self.config.dedup_ttl)
         self.metrics = Metrics(self.redis)
         self._sender = None
+        self._knowledge = None
+        self._handoffs = None
+
+    @property
+    def knowledge(self):
+        if self._knowledge is None:
+            from .dialogue.knowledge import KnowledgeStore
+            self._knowledge = KnowledgeStore(self.config.knowledge_dir)
+        return self._knowledge
+
+    @property
+    def handoffs(self):
+        if self._handoffs is None:
+            from .agents.handoff import Handoffs
+            self._handoffs = Handoffs(self.redis, hold_seconds=self.config.handoff_seconds)
+        return self._handoffs
 
     @property
     def sender(self):

@@ -16,7 +16,7 @@ import time
 import redis as redis_lib
 
 from . import keys
-from .dialogue.decision import Action, Conversation, Message
+from .dialogue.decision import Action, Decision, Message
 from .errors import WeChatError
 from .ops import alive_workers
 from .wechat.push import MESSAGE_TYPES
@@ -26,8 +26,9 @@ log = logging.getLogger("wxkf.worker")
 
 class Worker:
     def __init__(self, svc, responder, name=None, conversations=None):
+        from .dialogue.conversation import ConversationStore
         self.svc = svc
-        self.conversations = conversations
+        self.conversations = conversations or ConversationStore(svc.redis)
         self.cfg = svc.config
         self.redis = svc.redis
         self.inbox = svc.inbox
@@ -75,7 +76,7 @@ class Worker:
 
     # -- processing -----------------------------------------------------------------------------
     def process(self, inbound):
-        """Handle one push: window bookkeeping, typing, decision, reply. Returns the Decision."""
+        """Handle one push: window bookkeeping, handoff, typing, decision, reply. Returns the Decision."""
         openid, push_id = inbound["openid"], inbound["id"]
         kind = inbound["type"]
         if kind in MESSAGE_TYPES:
@@ -83,16 +84,47 @@ class Worker:
         elif inbound["event"]:
             self.sender.open_window(openid, inbound["event"], inbound["create_time"])
         message = Message.from_inbound(inbound)
+        handoffs = self.svc.handoffs
+        if inbound["event"] in ("kf_create_session", "kf_switch_session"):
+            handoffs.touch(openid, agent=inbound["fields"].get("KfAccount") or inbound["fields"].get("ToKfAccount"),
+                           claim=True)
+            return Decision(Action.SILENT, source="silent")
+        if inbound["event"] == "kf_close_session":
+            handoffs.end(openid, f"微信客服 {inbound['fields'].get('KfAccount', '')} 结束了会话")
+            return Decision(Action.SILENT, source="silent")
+        if kind in MESSAGE_TYPES:
+            handoffs.log(openid, "shopper", message.text or f"[{kind}]", push=push_id)
+        if inbound.get("started"):
+            # The webhook escalated and answered WeChat with transfer_customer_service.
+            state = handoffs.get(openid) or {}
+            handoffs.log(openid, "system", f"转人工：{state.get('reason', '')}", reason=state.get("reason"))
+            return self._escalated(inbound, Decision(Action.ESCALATE, source="escalate", reason=state.get("reason"),
+                                                     priority=int(state.get("priority", 0))))
+        if inbound.get("held") or handoffs.held(openid):
+            return Decision(Action.SILENT, source="human")  # a human has this conversation
         if (message.kind == "text" and time.time() - inbound["create_time"] < 30
                 and not self.redis.exists(keys.sent(push_id))):
             self.sender.typing(openid)
-        convo = self.conversations.load(openid) if self.conversations else Conversation(openid)
+        convo = self.conversations.load(openid)
         decision = self.responder.decide(message, convo)
-        if self.conversations:
-            self.conversations.save(convo)
+        self.conversations.save(convo)
+        if decision.action == Action.ESCALATE:
+            handoffs.start(openid, decision.reason or "request", decision.priority, via="worker")
+            return self._escalated(inbound, decision)
         if decision.action != Action.SILENT and decision.text:
             self.sender.deliver(push_id, openid, [decision.text])
+            handoffs.log(openid, "bot", decision.text, source=decision.source, intent=decision.intent)
         return decision
+
+    def _escalated(self, inbound, decision):
+        """Tell the shopper a human is coming, and the agents that someone waits."""
+        openid = inbound["openid"]
+        kb = self.svc.knowledge.get()
+        self.sender.deliver(inbound["id"], openid, [kb.escalation_reply])
+        self.svc.handoffs.log(openid, "bot", kb.escalation_reply, source="escalate")
+        notify_robot(self.cfg.robot_webhook, openid, decision.reason, Message.from_inbound(inbound).text)
+        return Decision(Action.ESCALATE, kb.escalation_reply, source="escalate", reason=decision.reason,
+                        priority=decision.priority)
 
     def handle(self, shard, entry_id, inbound):
         started = time.time()
@@ -173,6 +205,18 @@ def build_responder(cfg):
     return DialogueEngine(KnowledgeStore(cfg.knowledge_dir), generator).warm_up()
 
 
+def notify_robot(url, openid, reason, text):
+    """Best effort: a WeCom group-robot message for each new escalation (no shopper text above DEBUG)."""
+    if not url:
+        return
+    import requests
+    content = f"**新的转人工**\n> 原因：{reason}\n> 顾客：{openid}\n> 消息：{text[:60]}"
+    try:
+        requests.post(url, json={"msgtype": "markdown", "markdown": {"content": content}}, timeout=2)
+    except requests.RequestException as exc:
+        log.warning("robot notification failed: %s", type(exc).__name__)
+
+
 def wait_for_redis(r, seconds=30):
     deadline = time.monotonic() + seconds
     while True:
@@ -187,8 +231,7 @@ def wait_for_redis(r, seconds=30):
 
 def main(svc):
     wait_for_redis(svc.redis)
-    from .dialogue.conversation import ConversationStore
-    worker = Worker(svc, build_responder(svc.config), conversations=ConversationStore(svc.redis))
+    worker = Worker(svc, build_responder(svc.config))
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     worker.run()

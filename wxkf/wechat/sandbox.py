@@ -19,7 +19,6 @@ import time
 from flask import Flask, jsonify, request
 
 from .. import defaults
-from .simulate import PushBuilder
 
 SEND = "/cgi-bin/message/custom/send"
 TYPING = "/cgi-bin/message/custom/typing"

@@ -9,7 +9,7 @@ import logging
 import time
 
 from .. import defaults, keys
-from ..errors import QuotaExceeded, WeChatApiError, WeChatError, WeChatUnreachable
+from ..errors import QuotaExceeded, WeChatError
 from .api import WeChatAPI
 
 log = logging.getLogger("wxkf.sender")

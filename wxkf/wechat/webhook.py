@@ -10,8 +10,9 @@ import time
 import redis
 from flask import Blueprint, current_app, request
 
-from ..errors import BadPush, BadSignature, PushError, PushTooLarge
-from . import push
+from ..errors import BadPush, BadSignature, KnowledgeError, PushError, PushTooLarge
+from ..dialogue import escalation
+from . import push, replies
 
 log = logging.getLogger("wxkf.webhook")
 bp = Blueprint("wechat", __name__)
@@ -70,7 +71,7 @@ def verify_url():
 @bp.post("/wechat")
 def receive():
     svc = current_app.extensions["wxkf"]
-    started = time.perf_counter()
+    t0 = time.perf_counter()
     try:
         body = read_body(svc.config.max_body_bytes)
         fields, fmt = decode_push(svc, request.args, body)
@@ -84,18 +85,44 @@ def receive():
         log.info("push ignored type=%s event=%s", fields.get("MsgType"), fields.get("Event", ""))
         _count(svc, "wxkf_pushes_ignored_total", type=str(fields.get("MsgType", ""))[:32])
         return _plain("success")
+    escalation = _escalation(svc, inbound)
     try:
-        entry = svc.inbox.enqueue(inbound)
+        entry, held, started = svc.inbox.enqueue(inbound, escalation, svc.config.handoff_seconds)
     except redis.RedisError as exc:
         # Not acknowledged: WeChat retries, and nothing is lost while Redis comes back.
         log.error("push %s not queued, Redis unavailable: %s", inbound["id"], exc)
         return _plain("service unavailable", 503)
-    elapsed = time.perf_counter() - started
-    log.info("push id=%s type=%s openid=%s %s in %.1f ms", inbound["id"], inbound["event"] or inbound["type"],
-             inbound["openid"], "queued " + entry if entry else "duplicate dropped", elapsed * 1000)
-    resp = current_app.response_class("success", 200, {"Content-Type": "text/plain; charset=utf-8"})
+    body, ctype = "success", "text/plain; charset=utf-8"
+    if held and inbound["type"] in push.MESSAGE_TYPES:
+        # A human holds (or now takes) this shopper: WeChat forwards the message to its customer-
+        # service tool. Retries of the same push get the same answer.
+        encrypted = request.args.get("encrypt_type") == "aes"
+        body, ctype = replies.render(replies.transfer(inbound, svc.config.kf_account), inbound["format"],
+                                     svc.crypto if encrypted else None, request.args.get("nonce", ""),
+                                     request.args.get("timestamp"))
+    elapsed = time.perf_counter() - t0
+    log.info("push id=%s type=%s openid=%s %s%s in %.1f ms", inbound["id"], inbound["event"] or inbound["type"],
+             inbound["openid"], "queued " + entry if entry else "duplicate dropped",
+             (" handoff started: " + escalation[0]) if started else " held by a human" if held else "",
+             elapsed * 1000)
+    resp = current_app.response_class(body, 200, {"Content-Type": ctype})
     resp.call_on_close(lambda: _observe(svc, elapsed))
     return resp
+
+
+def _escalation(svc, inbound):
+    """(reason, priority) when the message itself needs a human, decided inside the push's time budget."""
+    fields = inbound["fields"]
+    text = fields.get("Content") or (fields.get("Recognition") if inbound["type"] == "voice" else "")
+    if not text:
+        return None
+    try:
+        extra = svc.knowledge.get().escalation_keywords
+    except KnowledgeError as exc:  # no good knowledge base yet: the built-in rules still apply
+        log.error("escalation keywords unavailable: %s", exc)
+        extra = ()
+    found = escalation.detect(text, extra)
+    return (found.reason, found.priority) if found else None
 
 
 def _count(svc, name, **labels):

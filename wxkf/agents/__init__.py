@@ -1,0 +1,1 @@
+"""Human agents: handoff state, transcripts, accounts and the console."""

@@ -1,0 +1,103 @@
+"""Who holds a conversation: the bot, or a human (protocol ref. 3).
+
+A shopper is *held* while `wxkf:handoff:{openid}` exists. It is created when the dialogue engine
+escalates (in the webhook for what the message itself says, so the push can be answered with WeChat's
+passive `transfer_customer_service` reply; in the worker for repeated failure), and it lives 30
+minutes past the last agent activity, WeChat's own idle rule. It ends when WeChat reports
+`kf_close_session`, when an agent hands the shopper back or resolves in the console, or by expiry.
+While it exists the bot says nothing to that shopper. The `wxkf:handoffs` sorted set indexes the
+queue for the console; an entry whose state expired is reported as "returned to the bot".
+"""
+import json
+import time
+from enum import Enum
+
+from .. import keys
+
+HOLD_SECONDS = 30 * 60
+"""Seconds a handoff lives without agent activity (WeChat stops forwarding after 30 idle minutes)."""
+
+TRANSCRIPT_MAX = 200
+TRANSCRIPT_TTL = 7 * 86400
+
+
+class HandoffStatus(str, Enum):
+    WAITING = "waiting"
+    CLAIMED = "claimed"
+
+
+# Start (or keep) a handoff atomically. Returns 1 when this call created it, 0 when it existed.
+START = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'waiting', 'reason', ARGV[1], 'priority', ARGV[2], 'since', ARGV[3],
+           'activity', ARGV[3], 'via', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3] - 100000 * tonumber(ARGV[2]), ARGV[6])
+return 1
+"""
+
+
+class Handoffs:
+    def __init__(self, redis, hold_seconds=HOLD_SECONDS, clock=time.time):
+        self.redis = redis
+        self.hold = hold_seconds
+        self.clock = clock
+        self._start = redis.register_script(START)
+
+    def start(self, openid, reason, priority, via):
+        """Hand the shopper to humans; True if this call did it (False: already held)."""
+        created = self._start(keys=[keys.handoff(openid), keys.HANDOFFS],
+                              args=[reason, priority, self.clock(), self.hold, via, openid])
+        if created:
+            self.log(openid, "system", f"转人工：{reason}", reason=reason)
+        return bool(created)
+
+    def get(self, openid):
+        return self.redis.hgetall(keys.handoff(openid)) or None
+
+    def held(self, openid):
+        return bool(self.redis.exists(keys.handoff(openid)))
+
+    def touch(self, openid, agent=None, claim=False):
+        """Agent activity: keeps the hold alive for another 30 minutes."""
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.handoff(openid), "activity", self.clock())
+        if claim:
+            pipe.hset(keys.handoff(openid), mapping={"status": HandoffStatus.CLAIMED.value, "agent": agent or ""})
+        pipe.expire(keys.handoff(openid), self.hold)
+        pipe.execute()
+
+    def end(self, openid, why, who="system"):
+        """Give the shopper back to the bot; returns False when nobody held it."""
+        existed = self.redis.delete(keys.handoff(openid))
+        self.redis.zrem(keys.HANDOFFS, openid)
+        if existed:
+            self.log(openid, "system", f"已交还机器人：{why}", by=who)
+        return bool(existed)
+
+    def queue(self):
+        """Held conversations by priority then waiting time; expired ones are closed and reported."""
+        out, expired = [], []
+        for openid, _ in self.redis.zrange(keys.HANDOFFS, 0, -1, withscores=True):
+            state = self.get(openid)
+            if state is None:
+                expired.append(openid)
+                continue
+            state["openid"] = openid
+            out.append(state)
+        for openid in expired:
+            self.redis.zrem(keys.HANDOFFS, openid)
+            self.log(openid, "system", "已交还机器人：30分钟无人工回复")
+        return out, expired
+
+    # -- transcript -----------------------------------------------------------------------------
+    def log(self, openid, role, text, **extra):
+        entry = dict(extra, at=round(self.clock(), 3), role=role, text=text)
+        pipe = self.redis.pipeline()
+        pipe.rpush(keys.transcript(openid), json.dumps(entry, ensure_ascii=False))
+        pipe.ltrim(keys.transcript(openid), -TRANSCRIPT_MAX, -1)
+        pipe.expire(keys.transcript(openid), TRANSCRIPT_TTL)
+        pipe.execute()
+
+    def transcript(self, openid):
+        return [json.loads(x) for x in self.redis.lrange(keys.transcript(openid), 0, -1)]
