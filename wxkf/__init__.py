@@ -6,6 +6,7 @@ def create_app(config=None, services=None):
     from flask import Flask
 
     from . import ops
+    from .agents import console
     from .services import Services
     from .wechat import webhook
 
@@ -16,12 +17,15 @@ def create_app(config=None, services=None):
     app.config["MAX_CONTENT_LENGTH"] = None  # the webhook enforces its own limit with a clear 413
     app.register_blueprint(webhook.bp)
     app.register_blueprint(ops.bp)
+    console.init_app(app, svc.config)
 
     @app.errorhandler(Exception)
     def _unexpected(exc):
         from werkzeug.exceptions import HTTPException
         if isinstance(exc, HTTPException):
-            return exc
+            if exc.code < 400:
+                return exc
+            return exc.description or exc.name, exc.code, {"Content-Type": "text/plain; charset=utf-8"}
         app.logger.exception("unhandled error")
         return "internal error", 500, {"Content-Type": "text/plain"}
 

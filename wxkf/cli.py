@@ -161,6 +161,33 @@ def _prepare_model(cfg):
 
 
 @main.group()
+def user():
+    """Console accounts."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["agent", "admin"]), required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (for scripts).")
+@click.pass_context
+def user_add(ctx, name, role, password_stdin):
+    """Create a console account (the password is asked for, or read from stdin)."""
+    from .agents.accounts import AccountError, Accounts
+    from .store import connect
+    cfg = _config(ctx)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        Accounts(connect(cfg.effective_redis_url)).add(name, role, password)
+    except AccountError as exc:
+        click.echo(f"wxkf: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"user {name} added ({role})")
+
+
+@main.group()
 def kb():
     """Knowledge base tools."""
 

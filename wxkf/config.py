@@ -51,6 +51,8 @@ class Config:
     kf_account: str = ""
     handoff_seconds: int = 1800
     robot_webhook: str = ""
+    console_secret: str = ""
+    console_https: bool = False
 
     def path(self, value):
         """A path from the config, relative paths taken from the project root."""
@@ -90,7 +92,7 @@ class Config:
         return out
 
 
-SECRET_KEYS = {"token", "aes_key", "secret", "kf_secret", "kf_token", "kf_aes_key"}
+SECRET_KEYS = {"token", "aes_key", "secret", "kf_secret", "kf_token", "kf_aes_key", "console_secret"}
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 

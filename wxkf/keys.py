@@ -67,3 +67,16 @@ HANDOFFS = f"{NS}:handoffs"
 def transcript(openid):
     """List of JSON turns (shopper, bot, agent, system) for the console."""
     return f"{NS}:transcript:{openid}"
+
+
+def user(name):
+    """Hash: role, password hash, created."""
+    return f"{NS}:user:{name}"
+
+
+def login_failures(name, address):
+    return f"{NS}:loginfail:{name}:{address}"
+
+
+AUDIT = f"{NS}:audit"
+"""Stream of agent and admin actions (who, action, target, at, detail)."""

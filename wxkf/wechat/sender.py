@@ -71,7 +71,7 @@ def pack(texts, slots, limit=defaults.TEXT_LIMIT_BYTES):
     Returns (parts, truncated)."""
     texts = [t for t in texts if t and t.strip()]
     if slots <= 0 or not texts:
-        return [], bool(texts)
+        return [], False
     parts = []
     for text in texts:
         for piece in split_text(text, limit):

@@ -1,0 +1,143 @@
+"""The agent console through Flask's test client: auth, CSRF, the handoff flow, escaping."""
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from wxkf.agents.accounts import Accounts, AccountError
+from wxkf.cli import main
+
+
+@pytest.fixture
+def accounts(svc):
+    acc = Accounts(svc.redis)
+    acc.add("alice", "agent", "correct horse")
+    acc.add("root", "admin", "battery staple")
+    return acc
+
+
+def csrf(client, path="/console/login"):
+    html = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def login(client, name="alice", password="correct horse"):
+    token = csrf(client)
+    return client.post("/console/login", data={"name": name, "password": password, "csrf_token": token})
+
+
+def escalate(client, builder, sandbox, openid, text="转人工"):
+    sandbox.state.interact(openid)
+    url, body = builder.request(builder.message(openid, text=text), mode="plain")
+    assert client.post(url, data=body).status_code == 200
+
+
+def run_worker(svc):
+    from wxkf.worker import Worker, build_responder
+    w = Worker(svc, build_responder(svc.config), name="console-test")
+    svc.inbox.ensure_groups()
+    w.beat()
+    w.balance()
+    for _ in range(3):
+        w.run_once(block_ms=50)
+
+
+@pytest.mark.parametrize("path", ["/console/", "/console/c/o_x"])
+def test_pages_need_login(client, accounts, path):
+    resp = client.get(path)
+    assert resp.status_code == 302 and "/console/login" in resp.headers["Location"]
+
+
+def test_api_needs_login(client, accounts):
+    assert client.get("/console/api/queue").status_code == 401
+
+
+def test_login_and_logout(client, accounts):
+    assert login(client, password="wrong").status_code == 401
+    assert login(client).status_code == 302
+    assert client.get("/console/").status_code == 200
+    token = csrf(client, "/console/")
+    client.post("/console/logout", data={"csrf_token": token})
+    assert client.get("/console/").status_code == 302
+
+
+def test_login_is_rate_limited(client, accounts):
+    for _ in range(5):
+        assert login(client, password="nope").status_code == 401
+    assert login(client).status_code == 429  # even the right password, for 15 minutes
+
+
+def test_session_cookie_is_httponly_and_samesite(client, accounts):
+    resp = login(client)
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_post_without_csrf_token_is_refused(client, accounts, builder, sandbox):
+    login(client)
+    escalate(client, builder, sandbox, "o_csrf")
+    resp = client.post("/console/c/o_csrf/handback", data={})
+    assert resp.status_code == 400
+    assert client.post("/console/login", data={"name": "alice", "password": "correct horse"}).status_code == 400
+
+
+def test_the_handoff_flow_claim_reply_resolve(client, accounts, builder, sandbox, svc):
+    login(client)
+    escalate(client, builder, sandbox, "o_flow", text="我要投诉 东西坏了")
+    run_worker(svc)  # tells the shopper a human is coming (1 of the 5 messages)
+    queue = client.get("/console/api/queue").get_json()["queue"]
+    assert [q["openid"] for q in queue] == ["o_flow"] and queue[0]["reason"] == "complaint"
+    token = csrf(client, "/console/c/o_flow")
+    client.post("/console/c/o_flow/claim", data={"csrf_token": token})
+    assert svc.handoffs.get("o_flow")["agent"] == "alice"
+    page = client.get("/console/c/o_flow").get_data(as_text=True)
+    reply_id = re.search(r'name="reply_id" value="([^"]+)"', page).group(1)
+    for _ in range(2):  # a double-submitted form sends once
+        client.post("/console/c/o_flow/reply", data={"csrf_token": token, "reply_id": reply_id, "text": "您好，我是小王"})
+    kb = svc.knowledge.get()
+    assert [m["text"]["content"] for m in sandbox.sends("o_flow")] == [kb.escalation_reply, "您好，我是小王"]
+    client.post("/console/c/o_flow/note", data={"csrf_token": token, "text": "已补发"})
+    client.post("/console/c/o_flow/resolve", data={"csrf_token": token})
+    assert not svc.handoffs.held("o_flow")
+    roles = [t["role"] for t in svc.handoffs.transcript("o_flow")]
+    assert "agent" in roles and "note" in roles
+    actions = [a["action"] for a in accounts.audit_log()]
+    assert {"login", "claim", "reply", "note", "resolve"} <= set(actions)
+
+
+def test_reply_outside_the_window_is_refused_visibly(client, accounts, svc, sandbox):
+    login(client)
+    token = csrf(client, "/console/c/o_stranger")
+    resp = client.post("/console/c/o_stranger/reply", data={"csrf_token": token, "text": "hi"}, follow_redirects=True)
+    assert "48小时窗口已关闭" in resp.get_data(as_text=True)
+    assert sandbox.sends("o_stranger") == []
+
+
+def test_shopper_text_is_escaped(client, accounts, builder, sandbox, svc):
+    login(client)
+    escalate(client, builder, sandbox, "o_xss", text="转人工<script>alert(1)</script>")
+    run_worker(svc)
+    page = client.get("/console/c/o_xss").get_data(as_text=True)
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    queue = client.get("/console/").get_data(as_text=True)
+    assert "<script>alert(1)" not in queue
+
+
+def test_user_add_cli(svc, cfg):
+    runner = CliRunner()
+    env = {"WXKF_REDIS_URL": cfg.redis_url}
+    ok = runner.invoke(main, ["user", "add", "bob", "--role", "agent", "--password-stdin"], input="long enough pw\n",
+                       env=env)
+    assert ok.exit_code == 0, ok.output
+    assert Accounts(svc.redis).login("bob", "long enough pw", "1.2.3.4")["role"] == "agent"
+    dup = runner.invoke(main, ["user", "add", "bob", "--role", "agent", "--password-stdin"], input="long enough pw\n",
+                        env=env)
+    assert dup.exit_code == 1 and "exists" in dup.output
+    with pytest.raises(AccountError):
+        Accounts(svc.redis).add("carol", "agent", "short")
+
+
+def test_passwords_are_hashed(svc, accounts):
+    stored = svc.redis.hget("wxkf:user:alice", "pw")
+    assert "correct horse" not in stored and stored.startswith(("scrypt:", "pbkdf2:"))

@@ -1,0 +1,204 @@
+"""`/console/`: the agent console. Views parse and hand off; state lives in Handoffs and Accounts."""
+import functools
+import hmac
+import os
+import secrets
+import time
+import uuid
+
+from flask import (Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request,
+                   session, url_for)
+
+from ..errors import WeChatError
+from .accounts import Accounts
+
+bp = Blueprint("console", __name__, url_prefix="/console")
+
+
+def svc():
+    return current_app.extensions["wxkf"]
+
+
+def accounts():
+    return Accounts(svc().redis)
+
+
+# -- authentication and CSRF ----------------------------------------------------------------------
+def csrf_token():
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+@bp.app_context_processor
+def _inject():
+    return {"csrf_token": csrf_token, "me": g.get("user")}
+
+
+@bp.before_request
+def _guard():
+    g.user = None
+    name = session.get("user")
+    if name:
+        g.user = accounts().get(name)
+        if g.user is None:
+            session.clear()
+    if request.method == "POST":
+        sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token", "")
+        if not session.get("csrf") or not hmac.compare_digest(sent, session["csrf"]):
+            abort(400, "CSRF token missing or wrong")
+    if request.endpoint in ("console.login",):
+        return None
+    if g.user is None:
+        if request.path.startswith("/console/api/"):
+            return jsonify(error="login required"), 401
+        return redirect(url_for("console.login", next=request.path))
+    return None
+
+
+def admin_only(view):
+    @functools.wraps(view)
+    def wrapped(*a, **k):
+        if g.user["role"] != "admin":
+            abort(403, "admins only")
+        return view(*a, **k)
+    return wrapped
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    error = None
+    if request.method == "POST":
+        name, password = request.form.get("name", ""), request.form.get("password", "")
+        acc = accounts()
+        address = request.remote_addr or "?"
+        if acc.locked(name, address):
+            return render_template("login.html", error="尝试次数过多，请15分钟后再试。"), 429
+        user = acc.login(name, password, address)
+        if user:
+            session.clear()
+            session["user"] = user["name"]
+            session.permanent = True
+            acc.audit(user["name"], "login")
+            nxt = request.args.get("next", "")
+            return redirect(nxt if nxt.startswith("/console/") else url_for("console.queue"))
+        error = "用户名或密码错误。"
+    return render_template("login.html", error=error), (401 if error else 200)
+
+
+@bp.post("/logout")
+def logout():
+    session.clear()
+    return redirect(url_for("console.login"))
+
+
+# -- the queue ------------------------------------------------------------------------------------
+def _queue_rows():
+    queue, expired = svc().handoffs.queue()
+    now = time.time()
+    rows = []
+    for q in queue:
+        last = svc().handoffs.transcript(q["openid"])[-1:] or [{}]
+        rows.append({"openid": q["openid"], "reason": q.get("reason", ""), "priority": int(q.get("priority", 0)),
+                     "status": q.get("status", ""), "agent": q.get("agent", ""),
+                     "waiting_seconds": int(now - float(q.get("since", now))),
+                     "last": (last[0].get("text") or "")[:80]})
+    return rows, expired
+
+
+@bp.get("/")
+def queue():
+    rows, expired = _queue_rows()
+    return render_template("queue.html", rows=rows, expired=expired)
+
+
+@bp.get("/api/queue")
+def api_queue():
+    rows, expired = _queue_rows()
+    return jsonify(queue=rows, returned_to_bot=expired)
+
+
+# -- one conversation -----------------------------------------------------------------------------
+def _openid(openid):
+    if not openid or len(openid) > 64 or not all(c.isalnum() or c in "-_" for c in openid):
+        abort(404)
+    return openid
+
+
+@bp.get("/c/<openid>")
+def conversation(openid):
+    openid = _openid(openid)
+    h = svc().handoffs
+    return render_template("conversation.html", openid=openid, state=h.get(openid), transcript=h.transcript(openid),
+                           remaining=svc().sender.remaining(openid), reply_id=uuid.uuid4().hex)
+
+
+@bp.get("/api/c/<openid>")
+def api_conversation(openid):
+    openid = _openid(openid)
+    h = svc().handoffs
+    return jsonify(state=h.get(openid), transcript=h.transcript(openid), remaining=svc().sender.remaining(openid))
+
+
+@bp.post("/c/<openid>/<action>")
+def act(openid, action):
+    openid = _openid(openid)
+    h, me = svc().handoffs, g.user["name"]
+    if action == "claim":
+        if not h.held(openid):
+            flash("这个会话已交还机器人。")
+        else:
+            h.touch(openid, agent=me, claim=True)
+            h.log(openid, "system", f"{me} 接入了会话")
+    elif action == "reply":
+        text = (request.form.get("text") or "").strip()
+        reply_id = request.form.get("reply_id") or uuid.uuid4().hex
+        if not text:
+            flash("回复内容不能为空。")
+        else:
+            try:
+                sent = svc().sender.deliver(f"agent:{reply_id}", openid, [text])
+            except WeChatError as exc:
+                sent = 0
+                flash(f"发送失败：{exc}")
+            else:
+                if sent:
+                    h.log(openid, "agent", text, agent=me)
+                    if h.held(openid):
+                        h.touch(openid, agent=me)
+                else:
+                    flash("未发送：48小时窗口已关闭或5条额度已用完（已记录）。")
+    elif action == "note":
+        text = (request.form.get("text") or "").strip()
+        if text:
+            h.log(openid, "note", text, agent=me)
+            if h.held(openid):
+                h.touch(openid, agent=me)
+    elif action in ("resolve", "handback"):
+        h.end(openid, "已解决" if action == "resolve" else f"{me} 交还机器人", who=me)
+    else:
+        abort(404)
+    accounts().audit(me, action, openid)
+    return redirect(url_for("console.conversation", openid=openid))
+
+
+def init_app(app, cfg):
+    """Session security for the console: signed cookie, HttpOnly, SameSite, Secure behind HTTPS."""
+    app.secret_key = cfg.console_secret or _persistent_secret(cfg)
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      SESSION_COOKIE_SECURE=cfg.console_https, SESSION_COOKIE_NAME="wxkf_session",
+                      PERMANENT_SESSION_LIFETIME=12 * 3600)
+    app.register_blueprint(bp)
+
+
+def _persistent_secret(cfg):
+    """One random key shared by every web process of this installation, kept under var/."""
+    path = cfg.var_path / "console_secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    except FileExistsError:
+        pass
+    return path.read_text().strip()
