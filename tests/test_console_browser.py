@@ -1,0 +1,79 @@
+"""The agent console in a real browser (headless Chromium from Debian, driven by Playwright) against
+gunicorn, a worker and the WeChat sandbox. `.ci/run` installs Chromium; elsewhere these tests need
+`apt-get install chromium` (they are skipped, saying so, when it is missing)."""
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import BIN, wait_for
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def add_user(stack, name, role, password):
+    subprocess.run([str(BIN / "wxkf"), "user", "add", name, "--role", role, "--password-stdin"], env=stack.env,
+                   input=password + "\n", text=True, check=True, capture_output=True)
+
+
+def push(stack, builder, sandbox, openid, text):
+    import requests
+    sandbox.state.interact(openid)
+    url, body = builder.request(builder.message(openid, text=text))
+    return requests.post(stack.url + url, data=body, timeout=5)
+
+
+def test_agent_handles_an_escalation_in_the_browser(stack, builder, sandbox, browser):
+    stack.start_worker()
+    stack.wait_healthy()
+    add_user(stack, "alice", "agent", "correct horse")
+    page = browser.new_page()
+    page.goto(stack.url + "/console/")
+    assert "/console/login" in page.url
+    page.fill("input[name=name]", "alice")
+    page.fill("input[name=password]", "wrong password")
+    page.click("button[type=submit]")
+    assert "用户名或密码错误" in page.inner_text("#error")
+    page.fill("input[name=name]", "alice")
+    page.fill("input[name=password]", "correct horse")
+    page.click("button[type=submit]")
+    page.wait_for_url(stack.url + "/console/")
+    assert "暂无待处理会话" in page.inner_text("#queue")
+
+    # An escalation arrives while the queue page is open: it appears without a reload.
+    assert push(stack, builder, sandbox, "o_browser", "我要投诉<script>alert(1)</script>").status_code == 200
+    page.wait_for_selector("#queue a:has-text('o_browser')", timeout=10_000)
+    assert "complaint" in page.inner_text("#queue")
+
+    page.click("#queue a:has-text('o_browser')")
+    page.wait_for_selector("#transcript")
+    wait_for(lambda: sandbox.sends("o_browser"))  # the worker told the shopper a human is coming
+    page.reload()
+    assert "<script>alert(1)</script>" in page.inner_text("#transcript")  # shown as text
+    assert page.evaluate("document.querySelectorAll('#transcript script').length") == 0
+
+    page.click("button:has-text('接入')")
+    page.fill("textarea[name=text] >> nth=0", "您好，我是客服小王，马上为您处理。")
+    page.click("button:has-text('发送')")
+    page.wait_for_selector("text=您好，我是客服小王")
+    assert [m["text"]["content"] for m in sandbox.sends("o_browser")][-1] == "您好，我是客服小王，马上为您处理。"
+
+    page.click("button:has-text('已解决')")
+    page.wait_for_selector("text=机器人接待中")
+    page.goto(stack.url + "/console/")
+    assert "o_browser" not in page.inner_text("#queue")
