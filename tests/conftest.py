@@ -118,12 +118,12 @@ def free_port():
 class Stack:
     """gunicorn serving the webhook and wxkf workers, as run.sh starts them, against the sandbox."""
 
-    def __init__(self, redis_url, sandbox, tmp_path, web_workers=2):
+    def __init__(self, redis_url, sandbox, tmp_path, web_workers=2, knowledge=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, WXKF_CONFIG=str(ROOT / "conf" / "wxkf.toml"), WXKF_REDIS_URL=redis_url,
                         WXKF_API_BASE=sandbox.url, WXKF_BIND=f"127.0.0.1:{self.port}",
-                        WXKF_KNOWLEDGE=str(ROOT / "knowledge"), WXKF_LEASE_SECONDS="2",
+                        WXKF_KNOWLEDGE=str(knowledge or ROOT / "knowledge"), WXKF_LEASE_SECONDS="2",
                         WXKF_HEARTBEAT_SECONDS="0.5", WXKF_WEB_WORKERS=str(web_workers), PYTHONUNBUFFERED="1",
                         WXKF_GENERATION=os.environ.get("WXKF_TEST_GENERATION", "false"))
         self.tmp = tmp_path

@@ -141,3 +141,87 @@ def test_user_add_cli(svc, cfg):
 def test_passwords_are_hashed(svc, accounts):
     stored = svc.redis.hget("wxkf:user:alice", "pw")
     assert "correct horse" not in stored and stored.startswith(("scrypt:", "pbkdf2:"))
+
+
+# -- admin: knowledge editing, unanswered questions, statistics ------------------------------------
+@pytest.fixture
+def kb_copy(svc, tmp_path):
+    import dataclasses
+    import shutil
+    shutil.copytree(svc.config.knowledge_dir, tmp_path / "kb")
+    svc.config = dataclasses.replace(svc.config, knowledge=str(tmp_path / "kb"))
+    svc._knowledge = None
+    return tmp_path / "kb"
+
+
+@pytest.mark.parametrize("path", ["/console/kb", "/console/kb/new", "/console/kb/history"])
+def test_agents_cannot_edit_knowledge(client, accounts, kb_copy, path):
+    login(client)
+    assert client.get(path).status_code == 403
+    token = csrf(client, "/console/")
+    assert client.post("/console/kb/delete/invoice", data={"csrf_token": token}).status_code == 403
+
+
+def test_admin_edits_tests_and_rolls_back(client, accounts, kb_copy, svc):
+    login(client, "root", "battery staple")
+    token = csrf(client, "/console/kb")
+    resp = client.post("/console/kb/new", data={"csrf_token": token, "id": "membership", "title": "会员",
+                                                "examples": "怎么办会员\n会员有什么好处", "answer": "在「我的-会员」免费开通。"})
+    assert resp.status_code == 302
+    svc.knowledge.interval = 0
+    page = client.post("/console/kb/test", data={"csrf_token": token, "text": "会员怎么办"}).get_data(as_text=True)
+    assert "membership" in page and "在「我的-会员」免费开通。" in page
+    bad = client.post("/console/kb/edit/invoice", data={"csrf_token": token, "title": "", "examples": "x", "answer": "y"})
+    assert bad.status_code == 400 and "aftersale.yaml:" in bad.get_data(as_text=True)
+    assert "&#39;title&#39; must be non-empty text" in bad.get_data(as_text=True)
+    history = client.get("/console/kb/history").get_data(as_text=True)
+    version = re.search(r'/console/kb/rollback/([0-9-]+)', history).group(1)
+    client.post(f"/console/kb/rollback/{version}", data={"csrf_token": token})
+    assert svc.knowledge.get().intent("membership") is None
+
+
+def test_unanswered_questions_become_examples(client, accounts, kb_copy, svc, builder, sandbox):
+    login(client, "root", "battery staple")
+    sandbox.state.interact("o_u")
+    url, body = builder.request(builder.message("o_u", text="可以刻字吗"), mode="plain")
+    client.post(url, data=body)
+    run_worker(svc)
+    page = client.get("/console/kb").get_data(as_text=True)
+    assert "可以刻字吗" in page
+    token = csrf(client, "/console/kb")
+    client.post("/console/kb/example", data={"csrf_token": token, "text": "可以刻字吗", "intent": "stock"})
+    svc.knowledge.interval = 0
+    assert "可以刻字吗" in svc.knowledge.get().intent("stock").examples
+    assert "可以刻字吗" not in client.get("/console/kb").get_data(as_text=True).split("没答上来的问题")[1]
+
+
+def test_statistics_page(client, accounts, svc, builder, sandbox):
+    login(client)
+    for openid, text in (("o_s1", "发票怎么开"), ("o_s2", "今天天气怎么样"), ("o_s3", "我要投诉")):
+        sandbox.state.interact(openid)
+        url, body = builder.request(builder.message(openid, text=text), mode="plain")
+        client.post(url, data=body)
+    run_worker(svc)
+    token = csrf(client, "/console/c/o_s3")
+    client.post("/console/c/o_s3/reply", data={"csrf_token": token, "reply_id": "r1", "text": "您好"})
+    page = client.get("/console/stats").get_data(as_text=True)
+    assert "complaint：1" in page
+    assert "今天天气怎么样（1）" in page
+    assert re.search(r'id="median">\d+ 秒', page)
+    assert 'class="s-knowledge"' in page and 'class="s-escalate"' in page
+
+
+def test_admin_promotes_an_agent_reply_into_the_knowledge_base(client, accounts, kb_copy, svc, builder, sandbox):
+    login(client, "root", "battery staple")
+    escalate(client, builder, sandbox, "o_p", text="转人工 我想问能不能刻字")
+    run_worker(svc)
+    token = csrf(client, "/console/c/o_p")
+    client.post("/console/c/o_p/reply", data={"csrf_token": token, "reply_id": "p1", "text": "可以免费刻字，下单备注即可。"})
+    page = client.get("/console/c/o_p").get_data(as_text=True)
+    link = re.search(r'class="meta promote" href="([^"]+)"', page).group(1).replace("&amp;", "&")
+    form = client.get(link).get_data(as_text=True)
+    assert "可以免费刻字，下单备注即可。" in form and "转人工 我想问能不能刻字" in form
+    client.post("/console/kb/new", data={"csrf_token": token, "id": "engraving", "title": "刻字",
+                                         "examples": "能不能刻字", "answer": "可以免费刻字，下单备注即可。"})
+    svc.knowledge.interval = 0
+    assert svc.knowledge.get().intent("engraving").answer == "可以免费刻字，下单备注即可。"

@@ -77,3 +77,35 @@ def test_agent_handles_an_escalation_in_the_browser(stack, builder, sandbox, bro
     page.wait_for_selector("text=机器人接待中")
     page.goto(stack.url + "/console/")
     assert "o_browser" not in page.inner_text("#queue")
+
+
+@pytest.fixture
+def kb_stack(redis_url, sandbox, tmp_path, r):
+    from conftest import ROOT, Stack
+    shutil.copytree(ROOT / "knowledge", tmp_path / "kb")
+    s = Stack(redis_url, sandbox, tmp_path, knowledge=tmp_path / "kb")
+    yield s
+    s.stop()
+
+
+def test_admin_edits_knowledge_and_rolls_back_in_the_browser(kb_stack, browser):
+    add_user(kb_stack, "root", "admin", "battery staple")
+    page = browser.new_page()
+    page.goto(kb_stack.url + "/console/login")
+    page.fill("input[name=name]", "root")
+    page.fill("input[name=password]", "battery staple")
+    page.click("button[type=submit]")
+    page.wait_for_url(kb_stack.url + "/console/")
+    page.click("text=知识库")
+    page.click("#intents tr:has-text('invoice') >> text=编辑")
+    page.fill("textarea[name=answer]", "可以开具电子发票，开票后24小时内发送到您的邮箱。")
+    page.click("button:has-text('保存')")
+    assert "已保存" in page.inner_text(".flash")
+    page.wait_for_timeout(1100)  # the web process reloads changed files within a second
+    page.fill("input[name=text]", "能开发票吗")
+    page.click("button:has-text('测试')")
+    assert "24小时内发送到您的邮箱" in page.inner_text("#test-result")
+    page.click("text=修改历史")
+    page.click("#history tr:nth-child(1) >> button")
+    assert "已回滚" in page.inner_text(".flash")
+    assert "24小时" not in (kb_stack.tmp / "kb" / "aftersale.yaml").read_text()

@@ -260,7 +260,7 @@ def intent(ctx, knowledge, texts):
         runner = ranked[1] if len(ranked) > 1 else None
         click.echo(json.dumps({
             "text": text, "intent": top.intent_id if top.confidence >= ANSWER_AT else None,
-            "top": top.intent_id, "confidence": top.confidence,
+            "top": top.intent_id if top.confidence > 0 else None, "confidence": top.confidence,
             "runner_up": runner.intent_id if runner else None,
             "runner_up_confidence": runner.confidence if runner else 0.0,
             "escalate": esc is not None, "reason": esc.reason if esc else None,

@@ -80,3 +80,22 @@ def login_failures(name, address):
 
 AUDIT = f"{NS}:audit"
 """Stream of agent and admin actions (who, action, target, at, detail)."""
+
+
+KB_VERSIONS = f"{NS}:kb:versions"
+"""Stream of knowledge edits: file, text before and after, who, action, intent, at."""
+
+UNANSWERED = f"{NS}:unanswered"
+"""Sorted set: shopper questions the bot could not answer, scored by how often they came."""
+
+
+def stats_day(day):
+    """Hash per UTC day number: replies by source."""
+    return f"{NS}:stats:day:{day}"
+
+
+STATS_TOTAL = f"{NS}:stats:total"
+"""Hash of all-time counters (escalations by reason)."""
+
+FIRST_RESPONSE = f"{NS}:stats:first_response"
+"""List of seconds from escalation to the first agent reply (last 1000)."""

@@ -128,7 +128,7 @@ class Worker:
 
     def handle(self, shard, entry_id, inbound):
         started = time.time()
-        intent = None
+        intent = decision = None
         try:
             decision = self.process(inbound)
             intent = decision.intent
@@ -148,9 +148,26 @@ class Worker:
                                                "reason": "worker_error", "texts": "[]", "at": int(started)})
         self.inbox.ack(shard, entry_id)
         self.svc.metrics.inc("wxkf_jobs_total", outcome=outcome)
+        self._statistics(inbound, outcome, decision if outcome not in ("send_failed", "error") else None)
         self.svc.metrics.observe("wxkf_job_seconds", max(0.0, time.time() - inbound.get("received_at", started)))
         log.info("job push=%s openid=%s type=%s outcome=%s intent=%s in %.0f ms", inbound["id"], inbound["openid"],
                  inbound["event"] or inbound["type"], outcome, intent, (time.time() - started) * 1000)
+
+    def _statistics(self, inbound, outcome, decision):
+        """Daily counts by source for the console's statistics page, escalations by reason, and the
+        questions the bot could not answer."""
+        if outcome not in ("knowledge", "generated", "suggest", "fallback", "escalate"):
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        day = keys.stats_day(int(time.time() // 86400))
+        pipe.hincrby(day, outcome, 1)
+        pipe.expire(day, 40 * 86400)
+        if outcome == "escalate" and decision is not None:
+            pipe.hincrby(keys.STATS_TOTAL, f"reason:{decision.reason}", 1)
+        text = inbound["fields"].get("Content", "").strip()
+        if outcome in ("fallback", "suggest") and text:
+            pipe.zincrby(keys.UNANSWERED, 1, text[:60])
+        pipe.execute()
 
     def run_once(self, block_ms=1000):
         """One round: pending entries of newly owned shards first, then new entries. Returns count handled."""

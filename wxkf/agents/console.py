@@ -9,6 +9,7 @@ import uuid
 from flask import (Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request,
                    session, url_for)
 
+from .. import keys
 from ..errors import WeChatError
 from .accounts import Accounts
 
@@ -165,6 +166,7 @@ def act(openid, action):
                 if sent:
                     h.log(openid, "agent", text, agent=me)
                     if h.held(openid):
+                        record_first_response(openid)
                         h.touch(openid, agent=me)
                 else:
                     flash("未发送：48小时窗口已关闭或5条额度已用完（已记录）。")
@@ -182,12 +184,23 @@ def act(openid, action):
     return redirect(url_for("console.conversation", openid=openid))
 
 
+def record_first_response(openid):
+    """Seconds from escalation to the first agent reply, once per handoff, for the statistics page."""
+    state = svc().handoffs.get(openid)
+    if state and not state.get("answered"):
+        svc().redis.hset(keys.handoff(openid), "answered", "1")
+        svc().redis.lpush(keys.FIRST_RESPONSE, round(time.time() - float(state.get("since", time.time())), 1))
+        svc().redis.ltrim(keys.FIRST_RESPONSE, 0, 999)
+
+
 def init_app(app, cfg):
     """Session security for the console: signed cookie, HttpOnly, SameSite, Secure behind HTTPS."""
     app.secret_key = cfg.console_secret or _persistent_secret(cfg)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       SESSION_COOKIE_SECURE=cfg.console_https, SESSION_COOKIE_NAME="wxkf_session",
                       PERMANENT_SESSION_LIFETIME=12 * 3600)
+    from . import admin  # noqa: F401  (registers the admin pages on the console blueprint)
+    app.jinja_env.filters.setdefault("datetime", lambda ts: time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)))
     app.register_blueprint(bp)
 
 

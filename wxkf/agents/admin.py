@@ -1,0 +1,141 @@
+"""Admin pages of the console: knowledge editing, unanswered questions, statistics."""
+import time
+
+from flask import abort, flash, g, redirect, render_template, request, url_for
+
+from .. import keys
+from ..dialogue.decision import Conversation, Message
+from ..errors import KnowledgeError
+from .console import accounts, admin_only, bp, svc
+from .kbedit import KnowledgeEditor
+
+
+def editor():
+    return KnowledgeEditor(svc().config.knowledge_dir, svc().redis)
+
+
+def _lines(field):
+    return [x.strip() for x in (request.form.get(field) or "").replace("，", ",").splitlines() if x.strip()]
+
+
+@bp.get("/kb")
+@admin_only
+def kb_list():
+    q = (request.args.get("q") or "").strip()
+    kb = svc().knowledge.get()
+    intents = [i for i in kb.intents
+               if not q or q in i.id or q in i.title or q in i.answer or any(q in e for e in i.examples)]
+    unanswered = svc().redis.zrevrange(keys.UNANSWERED, 0, 19, withscores=True)
+    return render_template("kb.html", intents=intents, q=q, unanswered=unanswered,
+                           all_intents=kb.intents, test=None)
+
+
+@bp.post("/kb/test")
+@admin_only
+def kb_test():
+    from ..dialogue.engine import DialogueEngine
+    text = (request.form.get("text") or "").strip()
+    engine = DialogueEngine(svc().knowledge)
+    d = engine.decide(Message(kind="text", text=text), Conversation("console-test")) if text else None
+    kb = svc().knowledge.get()
+    return render_template("kb.html", intents=kb.intents, q="", all_intents=kb.intents, test={"text": text, "d": d},
+                           unanswered=svc().redis.zrevrange(keys.UNANSWERED, 0, 19, withscores=True))
+
+
+@bp.route("/kb/edit/<intent_id>", methods=["GET", "POST"])
+@bp.route("/kb/new", methods=["GET", "POST"], defaults={"intent_id": None})
+@admin_only
+def kb_edit(intent_id):
+    kb = svc().knowledge.get()
+    intent = kb.intent(intent_id) if intent_id else None
+    if intent_id and intent is None and request.method == "GET":
+        abort(404)
+    form = {"id": intent.id if intent else request.args.get("id", ""), "title": intent.title if intent else "",
+            "examples": "\n".join(intent.examples) if intent else request.args.get("example", ""),
+            "keywords": "\n".join(intent.keywords) if intent else "",
+            "answer": intent.answer if intent else request.args.get("answer", "")}
+    problems = []
+    if request.method == "POST":
+        form = {k: request.form.get(k, "") for k in ("id", "title", "examples", "keywords", "answer")}
+        if intent_id:
+            form["id"] = intent_id
+        try:
+            editor().save({"id": form["id"], "title": form["title"], "examples": _lines("examples"),
+                           "keywords": _lines("keywords"), "answer": form["answer"]}, who=g.user["name"])
+        except KnowledgeError as exc:
+            problems = exc.problems
+        else:
+            accounts().audit(g.user["name"], "kb_save", form["id"])
+            flash(f"已保存「{form['id']}」，1秒内生效。")
+            return redirect(url_for("console.kb_list"))
+    return render_template("kb_edit.html", form=form, problems=problems, existing=bool(intent_id)), \
+        (400 if problems else 200)
+
+
+@bp.post("/kb/delete/<intent_id>")
+@admin_only
+def kb_delete(intent_id):
+    try:
+        editor().delete(intent_id, who=g.user["name"])
+    except KnowledgeError as exc:
+        flash("；".join(exc.problems))
+    else:
+        accounts().audit(g.user["name"], "kb_delete", intent_id)
+        flash(f"已删除「{intent_id}」，可在历史中回滚。")
+    return redirect(url_for("console.kb_list"))
+
+
+@bp.get("/kb/history")
+@admin_only
+def kb_history():
+    return render_template("kb_history.html", versions=editor().history())
+
+
+@bp.post("/kb/rollback/<version>")
+@admin_only
+def kb_rollback(version):
+    try:
+        editor().rollback(version, who=g.user["name"])
+    except KnowledgeError as exc:
+        flash("；".join(exc.problems))
+    else:
+        accounts().audit(g.user["name"], "kb_rollback", version)
+        flash("已回滚。")
+    return redirect(url_for("console.kb_history"))
+
+
+@bp.post("/kb/example")
+@admin_only
+def kb_add_example():
+    """Turn an unanswered question into an example of an intent."""
+    text, intent_id = (request.form.get("text") or "").strip(), request.form.get("intent", "")
+    try:
+        editor().add_example(intent_id, text, who=g.user["name"])
+    except KnowledgeError as exc:
+        flash("；".join(exc.problems))
+    else:
+        svc().redis.zrem(keys.UNANSWERED, text)
+        accounts().audit(g.user["name"], "kb_add_example", intent_id, text=text)
+        flash(f"已把「{text}」加入「{intent_id}」的例句。")
+    return redirect(url_for("console.kb_list"))
+
+
+@bp.get("/stats")
+def stats():
+    r = svc().redis
+    days = []
+    today = int(time.time() // 86400)
+    for d in range(today - 13, today + 1):
+        row = r.hgetall(keys.stats_day(d))
+        days.append({"day": time.strftime("%m-%d", time.gmtime(d * 86400)), **{k: int(v) for k, v in row.items()}})
+    sources = ("knowledge", "generated", "suggest", "fallback", "escalate")
+    for day in days:
+        day["total"] = sum(day.get(s, 0) for s in sources)
+    totals = {s: sum(day.get(s, 0) for day in days) for s in sources}
+    reasons = {k.split(":", 1)[1]: int(v) for k, v in r.hgetall(keys.STATS_TOTAL).items() if k.startswith("reason:")}
+    waits = sorted(float(x) for x in r.lrange(keys.FIRST_RESPONSE, 0, -1))
+    median = waits[len(waits) // 2] if waits else None
+    top = r.zrevrange(keys.UNANSWERED, 0, 9, withscores=True)
+    peak = max([day["total"] for day in days] + [1])
+    return render_template("stats.html", days=days, sources=sources, totals=totals, reasons=reasons,
+                           median=median, top=top, peak=peak)

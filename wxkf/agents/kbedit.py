@@ -1,0 +1,154 @@
+"""Knowledge editing from the console: validated, atomic, versioned, comments kept.
+
+An edit replaces only the YAML block of the one intent it touches (the rest of the file, comments
+included, stays byte for byte); new intents go to `console.yaml`. The whole folder is validated with
+the same code as `wxkf kb check` before anything is written, the write is atomic (temp file +
+rename), and every change is recorded with who/when and the file's previous text, so any version can
+be rolled back in one step. Processes pick the change up within a second (KnowledgeStore reload).
+"""
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .. import keys
+from ..dialogue.knowledge import ID_RE, load
+from ..errors import KnowledgeError
+
+NEW_FILE = "console.yaml"
+
+
+def _quote(text):
+    return json.dumps(str(text), ensure_ascii=False)  # a JSON string is a valid YAML scalar
+
+
+def render_intent(intent, indent="  "):
+    inner = indent + "  "
+    lines = [f"{indent}- id: {intent['id']}", f"{inner}title: {_quote(intent['title'])}", f"{inner}examples:"]
+    lines += [f"{inner}  - {_quote(e)}" for e in intent["examples"]]
+    if intent.get("keywords"):
+        lines.append(f"{inner}keywords: [{', '.join(_quote(k) for k in intent['keywords'])}]")
+    lines.append(f"{inner}answer: {_quote(intent['answer'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _block(text, intent_id):
+    """(start, end, indent) of the intent's list item in the file text, or None."""
+    lines = text.splitlines(keepends=True)
+    pat = re.compile(rf"^(\s*)-\s+id:\s*['\"]?{re.escape(intent_id)}['\"]?\s*(#.*)?$")
+    offsets, pos = [], 0
+    for line in lines:
+        offsets.append(pos)
+        pos += len(line)
+    for i, line in enumerate(lines):
+        m = pat.match(line.rstrip("\n"))
+        if not m:
+            continue
+        indent = len(m.group(1))
+        j = i + 1
+        while j < len(lines):
+            stripped = lines[j].strip()
+            lead = len(lines[j]) - len(lines[j].lstrip())
+            if stripped and (lead < indent or (lead == indent and stripped.startswith("-"))) \
+                    and not stripped.startswith("#"):
+                break
+            j += 1
+        # Trailing blank and comment lines belong to what follows.
+        while j > i + 1 and (not lines[j - 1].strip() or lines[j - 1].strip().startswith("#")):
+            j -= 1
+        return offsets[i], offsets[j] if j < len(lines) else len(text), m.group(1)
+    return None
+
+
+class KnowledgeEditor:
+    def __init__(self, folder, redis, clock=time.time):
+        self.folder = Path(folder)
+        self.redis = redis
+        self.clock = clock
+
+    def source_of(self, intent_id):
+        for path in sorted(self.folder.glob("*.yaml")):
+            if _block(path.read_text(encoding="utf-8"), intent_id):
+                return path
+        return None
+
+    def _validate_with(self, path, new_text):
+        """Validate the whole folder as it would be with `path` holding `new_text`."""
+        with tempfile.TemporaryDirectory() as tmp:
+            for p in self.folder.glob("*.yaml"):
+                shutil.copy(p, Path(tmp) / p.name)
+            (Path(tmp) / path.name).write_text(new_text, encoding="utf-8")
+            try:
+                load(tmp)
+            except KnowledgeError as exc:
+                raise KnowledgeError([p.replace(tmp, str(self.folder)) for p in exc.problems]) from None
+
+    def _write(self, path, new_text, who, action, intent_id):
+        self._validate_with(path, new_text)
+        before = path.read_text(encoding="utf-8") if path.exists() else ""
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".edit-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(new_text)
+        os.replace(tmp, path)
+        return self.redis.xadd(keys.KB_VERSIONS, {"file": path.name, "before": before, "after": new_text, "who": who,
+                                                  "action": action, "intent": intent_id, "at": int(self.clock())},
+                               maxlen=1000, approximate=True)
+
+    def save(self, intent, who):
+        """Create or replace an intent; raise KnowledgeError (file:line problems) without writing."""
+        intent = {"id": (intent.get("id") or "").strip(), "title": (intent.get("title") or "").strip(),
+                  "examples": [e.strip() for e in intent.get("examples", []) if e.strip()],
+                  "keywords": [k.strip() for k in intent.get("keywords", []) if k.strip()],
+                  "answer": (intent.get("answer") or "").strip()}
+        if not ID_RE.fullmatch(intent["id"]):
+            raise KnowledgeError(["id: required, lower-case letters, digits and _"])
+        path = self.source_of(intent["id"])
+        if path:
+            text = path.read_text(encoding="utf-8")
+            start, end, indent = _block(text, intent["id"])
+            new_text = text[:start] + render_intent(intent, indent) + text[end:]
+            action = "edit"
+        else:
+            path = self.folder / NEW_FILE
+            text = path.read_text(encoding="utf-8") if path.exists() else (
+                "# Intents added from the console. Edit here or in the console.\nintents:\n")
+            new_text = text.rstrip("\n") + "\n" + render_intent(intent)
+            action = "add"
+        return self._write(path, new_text, who, action, intent["id"])
+
+    def delete(self, intent_id, who):
+        path = self.source_of(intent_id)
+        if path is None:
+            raise KnowledgeError([f"no intent {intent_id!r}"])
+        text = path.read_text(encoding="utf-8")
+        start, end, _ = _block(text, intent_id)
+        return self._write(path, text[:start] + text[end:], who, "delete", intent_id)
+
+    def add_example(self, intent_id, example, who):
+        kb = load(self.folder)
+        intent = kb.intent(intent_id)
+        if intent is None:
+            raise KnowledgeError([f"no intent {intent_id!r}"])
+        return self.save({"id": intent.id, "title": intent.title, "examples": list(intent.examples) + [example],
+                          "keywords": list(intent.keywords), "answer": intent.answer}, who)
+
+    def history(self, count=50):
+        return [dict(f, id=i) for i, f in self.redis.xrevrange(keys.KB_VERSIONS, count=count)]
+
+    def rollback(self, version_id, who):
+        """Put the file back as it was before `version_id` (validated; itself a new version)."""
+        rows = self.redis.xrange(keys.KB_VERSIONS, version_id, version_id)
+        if not rows:
+            raise KnowledgeError([f"no version {version_id!r}"])
+        f = rows[0][1]
+        path = self.folder / f["file"]
+        if not f["before"]:
+            self._validate_with(path, "")
+            path.unlink(missing_ok=True)
+            return self.redis.xadd(keys.KB_VERSIONS, {"file": f["file"], "before": f["after"], "after": "",
+                                                      "who": who, "action": "rollback", "intent": f["intent"],
+                                                      "at": int(self.clock())})
+        return self._write(path, f["before"], who, "rollback", f["intent"])
