@@ -167,3 +167,17 @@ def test_queue_orders_by_priority_then_waiting_time(fast, client, builder, sandb
     send(client, builder, sandbox, "o_cmp", text="我要投诉")
     queue, _ = fast.handoffs.queue()
     assert [q["openid"] for q in queue] == ["o_urgent", "o_cmp", "o_req"]
+
+
+def test_each_new_escalation_notifies_the_wecom_group_robot(fast, client, builder, sandbox):
+    fast.config = dataclasses.replace(fast.config, robot_webhook=sandbox.url + "/cgi-bin/webhook/send?key=abc")
+    w = Worker(fast, build_responder(fast.config), name="robot")
+    fast.inbox.ensure_groups()
+    w.beat()
+    w.balance()
+    send(client, builder, sandbox, "o_robot", text="孩子吃了过敏了")
+    send(client, builder, sandbox, "o_robot", text="快点")  # still the same handoff: no second notice
+    drain(w)
+    assert len(sandbox.state.robot) == 1
+    content = sandbox.state.robot[0]["markdown"]["content"]
+    assert "urgent" in content and "o_robot" in content

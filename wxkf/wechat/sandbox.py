@@ -48,6 +48,7 @@ class SandboxState:
             self.failures = []          # [{"path", "errcode", "count"}]
             self.delays = {}            # path -> seconds
             self.sends_today = 0
+            self.robot = []             # WeCom group-robot notifications
 
     def now(self):
         return time.time() + self.offset
@@ -251,6 +252,20 @@ def create_sandbox(appid, secret, builder=None, webhook_url=None, **kwargs):
         if len(media.read()) > 10 * 1024 * 1024:
             return err(40006, "invalid meida size")
         return jsonify(type="image", media_id="MEDIA_" + secrets.token_hex(16), created_at=int(state.now()))
+
+    @app.post("/cgi-bin/webhook/send")
+    def robot():
+        """WeCom group robot (qyapi cgi-bin/webhook/send?key=...): records what would be posted to the group."""
+        data, error = body_json()
+        if error:
+            return error
+        if not request.args.get("key"):
+            return err(93000, "invalid webhook url")
+        if data.get("msgtype") not in ("text", "markdown"):
+            return err(40008, "invalid message type")
+        with state.lock:
+            state.robot.append(data)
+        return jsonify(errcode=0, errmsg="ok")
 
     # -- looking inside -------------------------------------------------------------------------
     @app.get("/sandbox/messages")
