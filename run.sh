@@ -70,8 +70,12 @@ cleanup() {
   trap - INT TERM EXIT
   if [ ${#PIDS[@]} -gt 0 ]; then
     say "stopping"
-    kill "${PIDS[@]}" 2>/dev/null || true
-    wait "${PIDS[@]}" 2>/dev/null || true
+    # Newest first: the worker and web server finish with Redis still there; Redis stops last.
+    local i
+    for (( i=${#PIDS[@]}-1; i>=0; i-- )); do
+      kill "${PIDS[i]}" 2>/dev/null || true
+      wait "${PIDS[i]}" 2>/dev/null || true
+    done
   fi
 }
 

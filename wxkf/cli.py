@@ -96,6 +96,8 @@ def sandbox(ctx, webhook):
     from .wechat.simulate import PushBuilder
     cfg = _config(ctx)
     setup_logging(cfg.log_level)
+    import logging
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # request lines carry access tokens
     host, port = cfg.sandbox_bind.rsplit(":", 1)
     app = create_sandbox(cfg.appid, cfg.secret, PushBuilder(cfg.token, cfg.aes_key, cfg.appid),
                          webhook or f"http://{cfg.bind}")

@@ -198,10 +198,13 @@ class Worker:
             except redis_lib.RedisError as exc:
                 log.error("Redis unavailable (%s); retrying in 1 s", exc)
                 time.sleep(1)
-        with self._lock:
-            for shard in self.owned:
-                self.inbox.release_lease(shard, self.name)
-        self.redis.delete(keys.worker_alive(self.name))
+        try:
+            with self._lock:
+                for shard in self.owned:
+                    self.inbox.release_lease(shard, self.name)
+            self.redis.delete(keys.worker_alive(self.name))
+        except redis_lib.RedisError as exc:
+            log.warning("could not release shard leases (%s); they expire in %ss", exc, self.cfg.lease_seconds)
         log.info("worker %s stopped", self.name)
 
     def stop(self, *_):

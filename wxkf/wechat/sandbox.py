@@ -100,6 +100,7 @@ class SandboxState:
 
 def create_sandbox(appid, secret, builder=None, webhook_url=None, **kwargs):
     app = Flask("wxkf.sandbox")
+    app.json.ensure_ascii = False  # /sandbox/messages shows the replies as people read them
     state = SandboxState(appid, secret, **kwargs)
     state.builder, state.webhook_url = builder, webhook_url
     app.extensions["sandbox"] = state
