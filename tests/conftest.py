@@ -109,6 +109,16 @@ def builder(cfg):
     return PushBuilder(cfg.token, cfg.aes_key, cfg.appid)
 
 
+def start_worker(svc, name="w"):
+    """An in-process worker holding its shards, ready for run_once()."""
+    from wxkf.worker import Worker, build_responder
+    w = Worker(svc, build_responder(svc.config), name=name)
+    svc.inbox.ensure_groups()
+    w.beat()
+    w.balance()
+    return w
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from wxkf.agents.accounts import Accounts, AccountError
+from conftest import start_worker
 from wxkf.cli import main
 
 
@@ -33,11 +34,7 @@ def escalate(client, builder, sandbox, openid, text="转人工"):
 
 
 def run_worker(svc):
-    from wxkf.worker import Worker, build_responder
-    w = Worker(svc, build_responder(svc.config), name="console-test")
-    svc.inbox.ensure_groups()
-    w.beat()
-    w.balance()
+    w = start_worker(svc, "console-test")
     for _ in range(3):
         w.run_once(block_ms=50)
 

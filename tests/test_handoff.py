@@ -10,7 +10,7 @@ import xmltodict
 from wxkf import create_app, keys
 from wxkf.services import Services
 from wxkf.wechat.crypto import sha1_signature
-from wxkf.worker import Worker, build_responder
+from conftest import start_worker
 
 
 @pytest.fixture
@@ -21,11 +21,7 @@ def fast(svc):
 
 @pytest.fixture
 def worker(fast):
-    w = Worker(fast, build_responder(fast.config), name="w")
-    fast.inbox.ensure_groups()
-    w.beat()
-    w.balance()
-    return w
+    return start_worker(fast)
 
 
 def send(client, builder, sandbox, openid, mode="plain", fmt="xml", **kw):
@@ -171,10 +167,7 @@ def test_queue_orders_by_priority_then_waiting_time(fast, client, builder, sandb
 
 def test_each_new_escalation_notifies_the_wecom_group_robot(fast, client, builder, sandbox):
     fast.config = dataclasses.replace(fast.config, robot_webhook=sandbox.url + "/cgi-bin/webhook/send?key=abc")
-    w = Worker(fast, build_responder(fast.config), name="robot")
-    fast.inbox.ensure_groups()
-    w.beat()
-    w.balance()
+    w = start_worker(fast, "robot")
     send(client, builder, sandbox, "o_robot", text="孩子吃了过敏了")
     send(client, builder, sandbox, "o_robot", text="快点")  # still the same handoff: no second notice
     drain(w)

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from wxkf import keys
-from wxkf.worker import Worker, build_responder
+from conftest import start_worker
 
 
 @pytest.fixture
@@ -15,11 +15,7 @@ def fast(svc):
 
 
 def make_worker(svc, name):
-    w = Worker(svc, build_responder(svc.config), name=name)
-    svc.inbox.ensure_groups()
-    w.beat()
-    w.balance()
-    return w
+    return start_worker(svc, name)
 
 
 def push(client, builder, sandbox, openid, **kw):
