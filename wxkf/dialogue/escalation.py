@@ -9,6 +9,7 @@ the same thing again after a non-answer) escalates too, from the conversation st
 Priority: urgent > complaint > anger > request > repeated failure.
 """
 import dataclasses
+import functools
 import re
 
 from .textnorm import normalize
@@ -45,10 +46,21 @@ class Escalation:
     cue: str
 
 
+_LOOKALIKE_RE = re.compile("|".join(re.escape(w) for w in sorted(LOOKALIKES, key=len, reverse=True)))
+
+
 def _mask_lookalikes(text):
-    for word in LOOKALIKES:
-        text = text.replace(word, "□" * len(word))
-    return text
+    return _LOOKALIKE_RE.sub(lambda m: "□" * len(m.group()), text)
+
+
+@functools.lru_cache(maxsize=64)
+def _patterns(extra_complaint_words):
+    """One compiled alternation per category (longest cue first): the webhook runs this on every push."""
+    out = {}
+    for reason, cues in CUES.items():
+        words = cues + tuple(w.lower() for w in extra_complaint_words) if reason == "complaint" else cues
+        out[reason] = re.compile("|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True) if w))
+    return out
 
 
 _A_NOT_A = re.compile(r"(有没有|是不是|要不要|能不能|可不可以|会不会|用不用)$")
@@ -59,17 +71,6 @@ def _negated(text, at):
     return bool(NEGATION.search(before)) and not _A_NOT_A.search(before)
 
 
-def _find(text, cue):
-    start = 0
-    while True:
-        at = text.find(cue, start)
-        if at < 0:
-            return False
-        if not _negated(text, at):
-            return True
-        start = at + 1
-
-
 def detect(text, extra_complaint_words=(), history=None):
     """The strongest escalation in `text`, or None.
 
@@ -78,11 +79,10 @@ def detect(text, extra_complaint_words=(), history=None):
     """
     t = _mask_lookalikes(normalize(text))
     found = []
-    for reason, cues in CUES.items():
-        words = cues + tuple(w.lower() for w in extra_complaint_words) if reason == "complaint" else cues
-        for cue in words:
-            if cue and _find(t, cue):
-                found.append(Escalation(reason, PRIORITY[reason], cue))
+    for reason, pattern in _patterns(tuple(extra_complaint_words)).items():
+        for m in pattern.finditer(t):
+            if not _negated(t, m.start()):
+                found.append(Escalation(reason, PRIORITY[reason], m.group()))
                 break
     if t.strip() in ("人工", "真人", "客服", "人工客服"):
         found.append(Escalation("request", PRIORITY["request"], t.strip()))

@@ -13,14 +13,14 @@ TYPOS = {
 }
 
 
+_TYPO_RE = re.compile("|".join(re.escape(w) for w in sorted(TYPOS, key=len, reverse=True)))
+
+
 def normalize(text):
     """NFKC (full-width to half-width), lower case, single spaces, common typos fixed."""
     text = unicodedata.normalize("NFKC", text or "").lower()
     text = _SPACE.sub(" ", text).strip()
-    for wrong, right in TYPOS.items():
-        if wrong in text:
-            text = text.replace(wrong, right)
-    return text
+    return _TYPO_RE.sub(lambda m: TYPOS[m.group()], text)
 
 
 def compact(text):
