@@ -153,3 +153,38 @@ def test_worker_loads_the_model_once_and_replies_with_guarded_text(stack, builde
         reply = sandbox.sends(f"o_gen_{i}")[0]["text"]["content"]
         answer = kb.intent(intent).answer
         assert reply == answer or guard(reply, text, answer) == "ok"
+
+
+def test_redis_going_away_loses_nothing(sandbox, builder, tmp_path):
+    """Redis restarts under a running stack: the webhook answers 503 (WeChat retries), the worker waits,
+    and after the restart the retried push is answered exactly once."""
+    from conftest import Stack
+    from wxkf.store import start_embedded
+    data = tmp_path / "redis"
+    redis_proc = start_embedded(data)  # AOF on, as run.sh runs it
+    stack = Stack(f"unix://{data / 'redis.sock'}", sandbox, tmp_path)
+    try:
+        stack.start_worker()
+        stack.wait_healthy()
+        post(stack, builder, sandbox, "o_before", "发票怎么开")
+        assert wait_for(lambda: sandbox.sends("o_before"))
+
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        sandbox.state.interact("o_during")
+        fields = builder.message("o_during", text="我的快递到哪了")
+        url, body = builder.request(fields)
+        assert requests.post(stack.url + url, data=body, timeout=5).status_code == 503
+        assert requests.get(stack.url + "/healthz", timeout=5).status_code == 503
+
+        redis_proc = start_embedded(data)
+        url, body = builder.request(fields)  # WeChat's retry of the same message
+        assert wait_for(lambda: requests.post(stack.url + url, data=body, timeout=5).status_code == 200, timeout=15)
+        assert wait_for(lambda: sandbox.sends("o_during"), timeout=30)
+        time.sleep(1.0)
+        assert len(sandbox.sends("o_during")) == 1 and len(sandbox.sends("o_before")) == 1
+        assert wait_for(lambda: requests.get(stack.url + "/healthz", timeout=5).status_code == 200, timeout=15)
+    finally:
+        stack.stop()
+        redis_proc.terminate()
+        redis_proc.wait(10)

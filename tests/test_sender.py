@@ -225,3 +225,15 @@ def test_upload_of_a_non_image_type_is_refused_with_wechats_errcode(svc, sandbox
     with pytest.raises(WeChatApiError) as info:
         sender.api.call("/cgi-bin/media/upload", params={"type": "voice"}, files={"media": ("a.amr", b"x")})
     assert info.value.errcode == 40004
+
+
+def test_daily_api_quota_45009_is_recorded_not_retried(svc, sandbox, r):
+    sender = make_sender(svc, sandbox)
+    shopper_writes(sender, sandbox)
+    sandbox.state.daily_send_quota = 1
+    assert sender.deliver("d1", OPENID, ["一"]) == 1
+    assert sender.deliver("d2", OPENID, ["二"]) == 0
+    assert [c for c in sandbox.state.calls if c == ("/cgi-bin/message/custom/send", 45009)] == [
+        ("/cgi-bin/message/custom/send", 45009)]  # asked once, not hammered
+    assert undelivered(r)[0]["reason"] == "errcode_45009"
+    assert r.hget(keys.METRICS, 'wxkf_sends_total{api="send",errcode="45009"}') == "1"
