@@ -237,3 +237,4 @@ def test_daily_api_quota_45009_is_recorded_not_retried(svc, sandbox, r):
         ("/cgi-bin/message/custom/send", 45009)]  # asked once, not hammered
     assert undelivered(r)[0]["reason"] == "errcode_45009"
     assert r.hget(keys.METRICS, 'wxkf_sends_total{api="send",errcode="45009"}') == "1"
+    assert sender.remaining(OPENID) == 4  # the refused send did not use the shopper's allowance

@@ -252,8 +252,11 @@ class Sender:
             return
 
     def _sync_quota(self, openid, errcode):
-        """WeChat knows better: 45047 = allowance used up, 45015 = window closed."""
-        if errcode == 45047:
+        """WeChat knows better: 45047 = allowance used up, 45015 = window closed; 45009 (the account's
+        daily API limit) did not use the shopper's allowance."""
+        if errcode == 45009:
+            self.redis.hincrby(keys.quota(openid), "used", -1)
+        elif errcode == 45047:
             allowance = self.redis.hget(keys.quota(openid), "allowance") or 0
             self.redis.hset(keys.quota(openid), "used", allowance)
         elif errcode == 45015:
