@@ -93,6 +93,7 @@ serve() {
   "$wxkf" serve & PIDS+=($!)
   "$wxkf" worker & PIDS+=($!)
   say "webhook:  http://$bind/wechat     health: http://$bind/healthz   metrics: http://$bind/metrics"
+  say "console:  http://$bind/console/   (accounts: .venv/bin/wxkf user add NAME --role agent|admin)"
   if [ "$sandbox" = "true" ]; then
     local sb; sb=$("$wxkf" config --get sandbox_bind)
     say "demo mode: WeChat is simulated by the sandbox at http://$sb. Try:"
