@@ -91,3 +91,31 @@ def test_engine_with_the_model_answers_with_guarded_text_or_the_approved_answer(
             assert d.text == answer
         else:
             assert guard(d.text, text, answer) == "ok"
+
+
+@pytest.fixture(scope="module")
+def chat_llm(tmp_path_factory):
+    """The bundled model given a chat template (as an instruction-tuned GGUF carries one), written with
+    the `gguf` package's gguf-new-metadata."""
+    import subprocess
+    import sys
+    out = tmp_path_factory.mktemp("chatgguf") / "gemma-chat.gguf"
+    tool = Path(sys.executable).parent / "gguf-new-metadata"
+    subprocess.run([str(tool), "--chat-template-file", str(ROOT / "tests" / "data" / "gemma_chat_template.jinja"),
+                    str(config_mod.load(env={}).model_path), str(out)], check=True, capture_output=True)
+    return model.load(out)
+
+
+@pytest.mark.slow
+def test_a_gguf_with_a_chat_template_is_driven_through_it(chat_llm):
+    assert model.chat_template(chat_llm)
+    gen = Generator(chat_llm, budget_seconds=1.0)
+    assert gen.chat is True
+    for question, label in (("发票怎么开", "invoice"), ("点进去就白屏", "page_error")):
+        answer = KB.intent(label).answer
+        out = gen.phrase(question, answer, KB.persona)
+        assert out.seconds < 1.5
+        if out.text is None:
+            assert out.reason != "ok"
+        else:
+            assert guard(out.text, question, answer) == "ok"
