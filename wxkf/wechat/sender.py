@@ -172,24 +172,33 @@ class Sender:
         for i, part in enumerate(parts):
             if self.redis.hexists(key, f"part:{i}"):
                 continue
-            left = self._take(keys=[keys.quota(openid)], args=[self.clock()])
-            if left <= 0:
-                self._undelivered(push_id, openid, parts[i:],
-                                  "window_closed" if left < 0 else "quota_used")
+            message = {"touser": openid, "msgtype": "text", "text": {"content": part}}
+            if not self._send_once(push_id, openid, message, f"part:{i}", parts[i:]):
                 break
-            try:
-                self.send({"touser": openid, "msgtype": "text", "text": {"content": part}})
-            except QuotaExceeded as exc:
-                self._sync_quota(openid, exc.errcode)
-                self._undelivered(push_id, openid, parts[i:], f"errcode_{exc.errcode}")
-                break
-            except WeChatError as exc:
-                self.redis.hincrby(keys.quota(openid), "used", -1)
-                self._undelivered(push_id, openid, parts[i:], f"errcode_{exc.errcode or 'network'}")
-                raise
-            self.redis.hset(key, f"part:{i}", int(self.clock()))
             sent += 1
         return sent
+
+    def _send_once(self, push_id, openid, message, field, pending):
+        """Take one message from the shopper's allowance, send, and mark `field` sent under the push's
+        idempotency key. False (and `pending` kept as undelivered) when the window or WeChat refuses;
+        raises, after recording, when WeChat cannot be reached."""
+        left = self._take(keys=[keys.quota(openid)], args=[self.clock()])
+        if left <= 0:
+            self._undelivered(push_id, openid, pending, "window_closed" if left < 0 else "quota_used")
+            return False
+        try:
+            self.send(message)
+        except QuotaExceeded as exc:
+            self._sync_quota(openid, exc.errcode)
+            self._undelivered(push_id, openid, pending, f"errcode_{exc.errcode}")
+            return False
+        except WeChatError as exc:
+            self.redis.hincrby(keys.quota(openid), "used", -1)
+            self._undelivered(push_id, openid, pending, f"errcode_{exc.errcode or 'network'}")
+            raise
+        self.redis.hset(keys.sent(push_id), field, int(self.clock()))
+        self.redis.expire(keys.sent(push_id), defaults.IDEMPOTENCY_TTL)
+        return True
 
     def upload_image(self, data, filename="image.jpg"):
         """POST cgi-bin/media/upload?type=image (protocol ref. 2.3): a media_id valid for 3 days.
@@ -210,24 +219,9 @@ class Sender:
 
     def send_one(self, push_id, openid, message, index=0):
         """Send a prepared non-text message once per inbound message, within the shopper's window."""
-        key = keys.sent(push_id)
-        if self.redis.hexists(key, f"msg:{index}"):
+        if self.redis.hexists(keys.sent(push_id), f"msg:{index}"):
             return False
-        if self._take(keys=[keys.quota(openid)], args=[self.clock()]) <= 0:
-            self._undelivered(push_id, openid, [json.dumps(message, ensure_ascii=False)], "window_closed_or_quota_used")
-            return False
-        try:
-            self.send(message)
-        except QuotaExceeded as exc:
-            self._sync_quota(openid, exc.errcode)
-            self._undelivered(push_id, openid, [json.dumps(message, ensure_ascii=False)], f"errcode_{exc.errcode}")
-            return False
-        except WeChatError:
-            self.redis.hincrby(keys.quota(openid), "used", -1)
-            raise
-        self.redis.hset(key, f"msg:{index}", int(self.clock()))
-        self.redis.expire(key, defaults.IDEMPOTENCY_TTL)
-        return True
+        return self._send_once(push_id, openid, message, f"msg:{index}", [json.dumps(message, ensure_ascii=False)])
 
     def send(self, message):
         """POST cgi-bin/message/custom/send (protocol ref. 2.1); retry what retrying can fix."""
