@@ -72,16 +72,23 @@ def kb_edit(intent_id):
         (400 if problems else 200)
 
 
+def _apply(change, action, target, done, **detail):
+    """Run one knowledge change for the logged-in admin: audit and confirm it, or show its problems."""
+    try:
+        change(who=g.user["name"])
+    except KnowledgeError as exc:
+        flash("；".join(exc.problems))
+        return False
+    accounts().audit(g.user["name"], action, target, **detail)
+    flash(done)
+    return True
+
+
 @bp.post("/kb/delete/<intent_id>")
 @admin_only
 def kb_delete(intent_id):
-    try:
-        editor().delete(intent_id, who=g.user["name"])
-    except KnowledgeError as exc:
-        flash("；".join(exc.problems))
-    else:
-        accounts().audit(g.user["name"], "kb_delete", intent_id)
-        flash(f"已删除「{intent_id}」，可在历史中回滚。")
+    _apply(lambda who: editor().delete(intent_id, who=who), "kb_delete", intent_id,
+           f"已删除「{intent_id}」，可在历史中回滚。")
     return redirect(url_for("console.kb_list"))
 
 
@@ -94,13 +101,7 @@ def kb_history():
 @bp.post("/kb/rollback/<version>")
 @admin_only
 def kb_rollback(version):
-    try:
-        editor().rollback(version, who=g.user["name"])
-    except KnowledgeError as exc:
-        flash("；".join(exc.problems))
-    else:
-        accounts().audit(g.user["name"], "kb_rollback", version)
-        flash("已回滚。")
+    _apply(lambda who: editor().rollback(version, who=who), "kb_rollback", version, "已回滚。")
     return redirect(url_for("console.kb_history"))
 
 
@@ -109,14 +110,9 @@ def kb_rollback(version):
 def kb_add_example():
     """Turn an unanswered question into an example of an intent."""
     text, intent_id = (request.form.get("text") or "").strip(), request.form.get("intent", "")
-    try:
-        editor().add_example(intent_id, text, who=g.user["name"])
-    except KnowledgeError as exc:
-        flash("；".join(exc.problems))
-    else:
+    if _apply(lambda who: editor().add_example(intent_id, text, who=who), "kb_add_example", intent_id,
+              f"已把「{text}」加入「{intent_id}」的例句。", text=text):
         svc().redis.zrem(keys.UNANSWERED, text)
-        accounts().audit(g.user["name"], "kb_add_example", intent_id, text=text)
-        flash(f"已把「{text}」加入「{intent_id}」的例句。")
     return redirect(url_for("console.kb_list"))
 
 
