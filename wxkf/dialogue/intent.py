@@ -13,14 +13,22 @@ import math
 import re
 from collections import Counter
 
-from .lexicon import GROUPS
+from .lexicon import PACKS
+from .thesaurus import cilin
 from .textnorm import compact, normalize
 
 log = logging.getLogger("wxkf.intent")
 
-KIND_WEIGHT = {"c": 3.0, "w": 1.0, "b": 0.5, "k": 3.0}
-STOPWORDS = set("的 了 吗 呢 吧 啊 呀 我 你 们 是 在 有 么 这 那 个 一 不 也 就 都 和 还 要 能 可以 怎么 什么 请问 "
-                "一下 一个 这个 那个 为什么 怎么办 我的 你们 可 把 给 到 会 想 很 太 下 上 了吗".split())
+KIND_WEIGHT = {"c": 3.0, "w": 1.0, "b": 0.5, "t": 0.7, "k": 3.0}
+"""Feature kinds: concept of a pack or of the shop's synonyms, jieba word, character bigram,
+词林 thesaurus group, admin keyword."""
+
+# Function words and the politeness every trade shares: they say nothing about what is asked.
+STOPWORDS = set("的 了 吗 呢 吧 啊 呀 哦 哈 嘛 么 我 你 您 他 她 们 是 在 有 这 那 个 一 不 也 就 都 和 还 要 能 "
+                "可以 怎么 什么 请问 一下 一个 这个 那个 为什么 怎么办 我的 你们 可 把 给 到 会 想 很 太 下 上 "
+                "了吗 吗 请 问 问下 问一下 麻烦 谢谢 你好 您好 在吗 好的 嗯 啥 咋 如何 多少 几 哪 哪里 哪儿 "
+                "现在 今天 就是 还是 或者 如果 但是 因为 所以 然后 已经 一直 没 没有 是不是 能不能 可不可以 "
+                "有没有 需要 应该 自己 咱们 我们 大家 这里 那里 这边 那边 时候".split())
 
 _jieba = None
 
@@ -40,11 +48,18 @@ class Ranked:
     intent_id: str
     score: float
     confidence: float
+    example: float = 0.0      # similarity to the closest single example (lexical ranking only)
 
 
 class Lexicon:
-    def __init__(self, extra_groups=()):
-        groups = {name: list(words) for name, words in GROUPS.items()}
+    """Concept groups: the packs a shop switched on (`packs:` in the knowledge base) and the shop's own
+    `synonyms:`. A shop group that shares a word with a pack's group joins it."""
+
+    def __init__(self, extra_groups=(), packs=()):
+        groups = {}
+        for pack in packs:
+            for name, words in PACKS[pack].items():
+                groups.setdefault(name, []).extend(words)
         for i, words in enumerate(extra_groups):
             words = [normalize(w) for w in words]
             home = next((n for n, ws in groups.items() if any(w in ws for w in words)), None)
@@ -65,7 +80,7 @@ class Lexicon:
         return found
 
 
-def features(text, lexicon):
+def features(text, lexicon, thesaurus=None):
     t = normalize(text)
     c = compact(t)
     feats = Counter()
@@ -75,6 +90,9 @@ def features(text, lexicon):
         w = w.strip()
         if w and w not in STOPWORDS and not re.fullmatch(r"[\W_]+", w):
             feats["w:" + w] += 1
+            if thesaurus is not None:
+                for code in thesaurus.codes(w):
+                    feats["t:" + code] += 1
     for i in range(len(c) - 1):
         bigram = c[i:i + 2]
         if not bigram.isdigit():
@@ -89,19 +107,20 @@ def _norm(vec):
 class IntentClassifier:
     """Built from a KnowledgeBase; `rank(text)` returns every intent, best first."""
 
-    def __init__(self, kb, temperature=0.06, example_weight=0.6):
+    def __init__(self, kb, temperature=0.06, example_weight=0.6, thesaurus=True):
         self.kb = kb
         self.temperature = temperature
         self.example_weight = example_weight
-        self.lexicon = Lexicon(kb.synonyms)
+        self.lexicon = Lexicon(kb.synonyms, getattr(kb, "packs", ()))
+        self.thesaurus = cilin() if thesaurus else None
         docs = {}
         for intent in kb.intents:
-            examples = [features(e, self.lexicon) for e in intent.examples + (intent.title,)]
+            examples = [self.features(e) for e in intent.examples + (intent.title,)]
             keywords = Counter()
             for k in intent.keywords:
-                keywords.update(features(k, self.lexicon))
+                keywords.update(self.features(k))
                 keywords["k:" + normalize(k)] += 1
-            answer = features(intent.answer, self.lexicon)
+            answer = self.features(intent.answer)
             docs[intent.id] = (examples, keywords, answer)
         # IDF over intents: a feature found in one intent's profile says more than one found in many.
         df = Counter()
@@ -109,7 +128,7 @@ class IntentClassifier:
             seen = set(keywords)
             for e in examples:
                 seen |= set(e)
-            seen |= {f for f in answer if f.startswith("c:")}
+            seen |= {f for f in answer if f[0] in "cwt"}
             df.update(seen)
         n = max(1, len(docs))
         self.idf = {f: math.log(1 + n / d) for f, d in df.items()}
@@ -122,8 +141,11 @@ class IntentClassifier:
             for e in examples:
                 profile.update({f: 1 for f in e})
             profile.update({f: 1 for f in keywords})
-            profile.update({f: 0.5 for f in answer if f.startswith("c:") or f.startswith("w:")})
+            profile.update({f: 0.5 for f in answer if f[0] in "cwt"})
             self.intents.append((intent, ex_vecs, self._weigh(profile)))
+
+    def features(self, text):
+        return features(text, self.lexicon, self.thesaurus)
 
     def _weigh(self, feats):
         vec = {f: KIND_WEIGHT[f[0]] * self.idf.get(f, self.default_idf) * (1 + math.log(c)) if c >= 1
@@ -139,16 +161,38 @@ class IntentClassifier:
         return sum(v * dv.get(f, 0.0) for f, v in qv.items()) / (qn * dn)
 
     def rank(self, text):
-        q = self._weigh(features(text, self.lexicon))
+        q = self._weigh(self.features(text))
         scored = []
         for intent, ex_vecs, profile in self.intents:
             best = max(self._cos(q, e) for e in ex_vecs)
             score = self.example_weight * best + (1 - self.example_weight) * self._cos(q, profile)
-            scored.append((intent.id, score))
+            scored.append((intent.id, score, best))
         scored.sort(key=lambda p: -p[1])
-        top = scored[0][1] if scored else 0.0
-        exps = [math.exp((s - top) / self.temperature) for _, s in scored]
+        if not scored:
+            return []
+        top = scored[0][1]
+        second = scored[1][1] if len(scored) > 1 else 0.0
+        exps = [math.exp((s - top) / self.temperature) for _, s, _ in scored]
         total = sum(exps) or 1.0
-        # Confidence: the softmax share, damped when even the best match is weak.
-        strength = min(1.0, top / 0.35)
-        return [Ranked(i, round(s, 4), round(e / total * strength, 4)) for (i, s), e in zip(scored, exps)]
+        # The top intent's confidence: the chance it is right, from how strong and how clear the match
+        # is (fitted on the development trades, bench/fit_lexical.py); the rest share the remainder.
+        sure = _sigmoid(CONFIDENCE[0] + CONFIDENCE[1] * top + CONFIDENCE[2] * (top - second)
+                        + CONFIDENCE[3] * scored[0][2]) * min(1.0, top / WEAK_MATCH)
+        out = [Ranked(scored[0][0], round(top, 4), round(sure, 4), round(scored[0][2], 4))]
+        rest = total - exps[0] or 1.0
+        out += [Ranked(i, round(s, 4), round((1 - sure) * e / rest, 4), round(b, 4))
+                for (i, s, b), e in zip(scored[1:], exps[1:])]
+        return out
+
+
+CONFIDENCE = (-1.268, 4.130, 4.853, -1.395)
+"""(bias, best score, margin over the runner-up, closest example) of the lexical confidence."""
+
+
+WEAK_MATCH = 0.15
+"""Best score under which the confidence is damped toward 0: a message sharing almost nothing with any
+intent is not "probably" anything, whatever the fitted curve says at 0."""
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, x))))

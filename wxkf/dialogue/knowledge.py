@@ -27,7 +27,9 @@ DEFAULT_CANNED = {
     "link": "收到您分享的链接。请问您想了解其中的什么问题？",
     "miniprogrampage": "收到您分享的「{title}」，请问想了解它的哪方面？尺码、库存、发货还是售后？",
 }
-DEFAULT_FALLBACK = "抱歉，这个问题我还不太清楚，已为您记录，人工客服会尽快回复。"
+DEFAULT_FALLBACK = "抱歉，这个问题我还回答不了。回复「转人工」可以联系人工客服。"
+"""Promises nothing that has not happened: no person is queued by a fallback (repeated failure is)."""
+DEFAULT_THANKS = "不客气，还有其他问题随时问我。"
 DEFAULT_ESCALATION_REPLY = "已为您转接人工客服，请稍候。"
 DEFAULT_WELCOME = "您好，请问有什么可以帮您？"
 
@@ -48,9 +50,11 @@ class KnowledgeBase:
     persona: str = ""
     fallback: str = DEFAULT_FALLBACK
     welcome: str = DEFAULT_WELCOME
+    thanks: str = DEFAULT_THANKS
     escalation_keywords: tuple = ()
     escalation_reply: str = DEFAULT_ESCALATION_REPLY
     synonyms: tuple = ()
+    packs: tuple = ()
     canned: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_CANNED))
 
     def intent(self, intent_id):
@@ -107,13 +111,14 @@ def load_file(path, problems):
     return doc
 
 
-KNOWN_TOP = {"persona", "intents", "escalation", "fallback", "welcome", "synonyms", "canned", "__line__"}
+KNOWN_TOP = {"persona", "intents", "escalation", "fallback", "welcome", "thanks", "synonyms", "packs", "canned", "__line__"}
 
 
 def build(paths):
     """Validate and merge the files; raise KnowledgeError with every problem found."""
     problems, intents, seen = [], [], {}
-    merged = {"synonyms": [], "escalation_keywords": [], "canned": dict(DEFAULT_CANNED)}
+    from .lexicon import PACKS
+    merged = {"synonyms": [], "escalation_keywords": [], "packs": [], "canned": dict(DEFAULT_CANNED)}
     if not paths:
         raise KnowledgeError(["no *.yaml files found in the knowledge folder"])
     for path in paths:
@@ -123,7 +128,7 @@ def build(paths):
         for key in doc:
             if key not in KNOWN_TOP:
                 problems.append(f"{path}:{doc['__line__']}: unknown key '{key}'")
-        for key in ("persona", "fallback", "welcome"):
+        for key in ("persona", "fallback", "welcome", "thanks"):
             if key in doc:
                 value = _check_text(f"{path}:{doc['__line__']}", key, doc[key], problems)
                 if value:
@@ -150,6 +155,13 @@ def build(paths):
                                 f"each with two or more words")
             else:
                 merged["synonyms"] += [tuple(str(w) for w in g) for g in syn]
+        packs = doc.get("packs")
+        if packs is not None:
+            if not _str_list(packs) or any(str(p) not in PACKS for p in packs):
+                problems.append(f"{path}:{doc['__line__']}: 'packs' must be a list of vocabulary packs "
+                                f"({', '.join(sorted(PACKS))})")
+            else:
+                merged["packs"] += [str(p) for p in packs if str(p) not in merged["packs"]]
         canned = doc.get("canned")
         if canned is not None:
             if not isinstance(canned, dict):
@@ -202,9 +214,10 @@ def build(paths):
     return KnowledgeBase(
         intents=tuple(intents), persona=merged.get("persona", ""),
         fallback=merged.get("fallback", DEFAULT_FALLBACK), welcome=merged.get("welcome", DEFAULT_WELCOME),
+        thanks=merged.get("thanks", DEFAULT_THANKS),
         escalation_keywords=tuple(merged["escalation_keywords"]),
         escalation_reply=merged.get("escalation_reply", DEFAULT_ESCALATION_REPLY),
-        synonyms=tuple(merged["synonyms"]), canned=merged["canned"])
+        synonyms=tuple(merged["synonyms"]), packs=tuple(merged["packs"]), canned=merged["canned"])
 
 
 def yaml_files(folder):

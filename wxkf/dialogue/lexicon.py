@@ -1,11 +1,13 @@
-"""Built-in e-commerce customer-service vocabulary: groups of words shoppers use for one concept.
+"""Optional vocabulary packs: groups of words customers of one trade use for one concept.
 
-The classifier maps any word of a group to the group's concept, so "东西什么时候能到" meets "快递到哪了"
-through the concept `shipping` even though they share no characters. Shops extend this in their
-knowledge files (`synonyms:`); a shop's group that shares a word with a built-in one joins it.
+A shop switches a pack on in its knowledge files (`packs: [ecommerce]`); the classifier then maps any
+word of a group to the group's concept, so "东西什么时候能到" meets "快递到哪了" through `shipping` even
+though they share no characters. No pack is on by default: a trade's word list wins in its trade and
+does not transfer (measured in docs/dialogue.md); the general 词林 thesaurus and the model do that.
+Shops extend any pack with `synonyms:`; a shop group that shares a word with a pack's group joins it.
 """
 
-GROUPS = {
+ECOMMERCE = {
     "greet": ("哈罗", "哈啰", "亲在吗", "有客服吗", "客服客服", "你好", "您好", "在吗", "在么", "在不在", "有人吗", "有人在", "hello", "hi", "哈喽", "嗨", "早上好",
               "晚上好", "下午好", "在线吗", "在线", "客服你好", "喂"),
     "thanks": ("了解了", "了解", "好的呢", "okk", "知道啦", "感谢回复", "非常感谢", "谢谢", "感谢", "多谢", "谢啦", "thanks", "thank", "辛苦", "好的", "好嘞", "好滴", "明白", "知道了",
@@ -39,3 +41,7 @@ GROUPS = {
     "broken": ("裂了", "裂开", "掉了", "少了一", "缺了", "破了", "烂了", "不能用", "用不了", "错了颜色", "发错了", "坏了", "坏的", "破损", "破洞", "有洞", "碎了", "开线", "掉色", "开胶", "污渍", "瑕疵", "划痕", "起球",
                "色差", "有问题", "压坏", "漏发", "少发", "发错", "怪味", "质量", "次品", "拉链坏", "不一样"),
 }
+
+
+PACKS = {"ecommerce": ECOMMERCE}
+"""Pack name (as written under `packs:` in the knowledge base) -> concept groups."""
