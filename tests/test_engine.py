@@ -112,3 +112,61 @@ def test_conversation_state_round_trips_through_redis_with_idle_expiry(r, engine
     assert len(store.load("o_state").turns) == 10  # the last 5 exchanges
     assert len(r.get("wxkf:convo:o_state").encode()) < 1024
     json.loads(r.get("wxkf:convo:o_state"))
+
+
+# -- messages as customers write them ---------------------------------------------------------------
+HOTEL = ROOT / "tests" / "eval" / "trades" / "hotel" / "knowledge"
+
+
+@pytest.fixture(scope="module")
+def hotel():
+    return DialogueEngine(KnowledgeStore(HOTEL)).warm_up()
+
+
+@pytest.mark.parametrize("text, intent", [
+    ("在吗？我想退货", "refund"),
+    ("你好，请问能寄到美国吗", "overseas"),
+    ("好的谢谢 另外发票怎么开", "invoice"),
+    ("亲 在吗 发票怎么开呀", "invoice"),
+])
+def test_a_greeting_or_thanks_in_front_answers_the_question(engine, text, intent):
+    d = say(engine, Conversation("o"), text)
+    assert d.source == "knowledge" and d.intent == intent
+
+
+def test_two_questions_in_one_message_are_both_answered(hotel):
+    kb = hotel.understanding().kb
+    d = say(hotel, Conversation("o"), "几点退房？早餐几点开始")
+    assert d.answered == ("checkout_time", "breakfast")
+    assert kb.intent("checkout_time").answer in d.text and kb.intent("breakfast").answer in d.text
+
+
+def test_a_follow_up_naming_a_new_topic_gets_that_topic_not_the_previous_answer(hotel):
+    convo = Conversation("o")
+    assert say(hotel, convo, "几点退房").intent == "checkout_time"
+    d = say(hotel, convo, "那早餐呢")
+    assert d.intent == "breakfast" and d.source == "knowledge"
+
+
+def test_politeness_alone_gets_a_courtesy_not_an_intent(hotel):
+    kb = hotel.understanding().kb
+    assert say(hotel, Conversation("o"), "你好").text == kb.welcome
+    thanks = say(hotel, Conversation("o"), "好的谢谢")
+    assert thanks.text == kb.thanks and thanks.source == "canned"
+
+
+def test_an_unsure_reading_is_offered_never_answered(hotel):
+    for text in ("有停车场吗", "附近有什么好玩的", "你们是几星级"):
+        d = say(hotel, Conversation("o"), text)
+        assert d.source in ("fallback", "suggest"), (text, d)
+        assert not d.answered
+
+
+def test_the_default_fallback_promises_no_person_and_shows_the_way_to_one(tmp_path):
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "kb" / "a.yaml").write_text(
+        "intents:\n  - id: hours\n    title: 营业时间\n    examples: [几点开门]\n    answer: 每天9:00-21:00。\n")
+    engine = DialogueEngine(KnowledgeStore(tmp_path / "kb")).warm_up()
+    d = say(engine, Conversation("o"), "你们老板叫什么名字")
+    assert d.source == "fallback" and "转人工" in d.text
+    assert "会尽快回复" not in d.text and "已为您记录" not in d.text

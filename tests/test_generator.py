@@ -50,7 +50,8 @@ def llm():
 @pytest.mark.slow
 def test_every_output_passes_the_guard_or_falls_back_with_facts_kept(llm):
     gen = Generator(llm, budget_seconds=3.0)
-    cases = [(l, t) for l, t in read_cases(ROOT / "tests" / "eval" / "intents.tsv") if l != "none"][::10]
+    cases = [(l, t) for l, t in read_cases(ROOT / "tests" / "eval" / "trades" / "shop" / "cases.tsv")
+             if ":" not in l and l != "none"][::20]
     accepted = 0
     for label, question in cases:
         answer = KB.intent(label).answer
@@ -67,9 +68,11 @@ def test_every_output_passes_the_guard_or_falls_back_with_facts_kept(llm):
 
 @pytest.mark.slow
 def test_time_budget_stops_generation(llm):
-    out = Generator(llm, budget_seconds=0.01).phrase("发票怎么开", INVOICE)
+    ticks = iter(range(1000))
+    gen = Generator(llm, budget_seconds=2.5, clock=lambda: float(next(ticks)))  # one "second" per look
+    out = gen.phrase("发票怎么开", INVOICE)
     assert out.text is None and out.reason == "time_budget"
-    assert out.seconds < 1.0
+    assert out.tokens == 3  # stopped at the first look past the budget (clock 3 > 2.5), not at the end
 
 
 @pytest.mark.slow
@@ -114,8 +117,19 @@ def test_a_gguf_with_a_chat_template_is_driven_through_it(chat_llm):
     for question, label in (("发票怎么开", "invoice"), ("点进去就白屏", "page_error")):
         answer = KB.intent(label).answer
         out = gen.phrase(question, answer, KB.persona)
-        assert out.seconds < 1.5
         if out.text is None:
             assert out.reason != "ok"
         else:
             assert guard(out.text, question, answer) == "ok"
+
+
+@pytest.mark.slow
+def test_a_3600_character_question_still_gets_a_reply(llm):
+    question = "发票怎么开？" + "我们公司报销需要抬头和税号，财务催得很紧，" * 180
+    assert len(question) > 3500
+    out = Generator(llm, budget_seconds=3.0).phrase(question, INVOICE)  # raised "exceeds context" before
+    assert out.reason in ("ok", "time_budget", "empty", "markup", "too_long", "language", "echo", "missing_fact",
+                          "invented_number", "ungrounded")
+    engine = DialogueEngine(KnowledgeStore(ROOT / "knowledge"), Generator(llm)).warm_up()
+    d = engine.decide(Message(kind="text", text=question), Conversation("o"))
+    assert d.text

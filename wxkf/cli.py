@@ -211,27 +211,21 @@ def kb_check(ctx, folder):
     click.echo(f"ok: {len(kb_.intents)} intents in {folder}")
 
 
-def _engine(ctx, knowledge, generation=None):
-    from .dialogue.engine import DialogueEngine
-    from .dialogue.knowledge import KnowledgeStore
+def _engine(ctx, knowledge, generation=None, model_scoring=None):
+    from .dialogue.engine import build_engine
     cfg = _config(ctx)
-    folder = knowledge or str(cfg.knowledge_dir)
     try:
-        store = KnowledgeStore(folder)
+        return build_engine(knowledge or cfg.knowledge_dir, cfg.model_path,
+                            model_scoring=cfg.model_scoring if model_scoring is None else model_scoring,
+                            generation=cfg.generation if generation is None else generation,
+                            budget_seconds=cfg.understanding_budget, generation_budget=cfg.generation_budget,
+                            max_reply_chars=cfg.max_reply_chars)
     except KnowledgeError as exc:
         click.echo(f"wxkf: {exc}", err=True)
         sys.exit(1)
-    generator = None
-    if cfg.generation if generation is None else generation:
-        from .dialogue import model as model_mod
-        from .dialogue.generator import Generator
-        try:
-            llm = model_mod.load(cfg.model_path)
-        except FileNotFoundError as exc:
-            click.echo(f"wxkf: {exc}", err=True)
-            sys.exit(1)
-        generator = Generator(llm, budget_seconds=cfg.generation_budget, max_chars=cfg.max_reply_chars)
-    return DialogueEngine(store, generator).warm_up()
+    except FileNotFoundError as exc:
+        click.echo(f"wxkf: {exc}", err=True)
+        sys.exit(1)
 
 
 def _lines(texts):
@@ -246,18 +240,20 @@ def _lines(texts):
 
 @main.command()
 @click.option("--knowledge", default=None, help="Knowledge folder (default from config).")
+@click.option("--model/--no-model", "model_scoring", default=None, help="Score intents with the model (default: config).")
 @click.argument("texts", nargs=-1)
 @click.pass_context
-def intent(ctx, knowledge, texts):
+def intent(ctx, knowledge, model_scoring, texts):
     """Classify each TEXT (or stdin line): one JSON object per line."""
     from .dialogue import escalation
     from .dialogue.engine import ANSWER_AT
-    engine = _engine(ctx, knowledge, generation=False)
-    clf = engine.classifier()
+    engine = _engine(ctx, knowledge, generation=False, model_scoring=model_scoring)
+    u = engine.understanding()
     for text in _lines(texts):
         started = time.perf_counter()
-        ranked = clf.rank(text)
-        esc = escalation.detect(text, clf.kb.escalation_keywords)
+        reading = u.read(text)
+        ranked = reading.ranked
+        esc = escalation.detect(text, u.kb.escalation_keywords)
         top = ranked[0]
         runner = ranked[1] if len(ranked) > 1 else None
         click.echo(json.dumps({
@@ -266,7 +262,7 @@ def intent(ctx, knowledge, texts):
             "runner_up": runner.intent_id if runner else None,
             "runner_up_confidence": runner.confidence if runner else 0.0,
             "escalate": esc is not None, "reason": esc.reason if esc else None,
-            "priority": esc.priority if esc else 0,
+            "priority": esc.priority if esc else 0, "model": reading.used_model,
             "ms": round((time.perf_counter() - started) * 1000, 2)}, ensure_ascii=False))
 
 
@@ -274,11 +270,12 @@ def intent(ctx, knowledge, texts):
 @click.option("--knowledge", default=None, help="Knowledge folder (default from config).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per reply.")
 @click.option("--generation/--no-generation", default=None, help="Rephrase answers with the model (default: config).")
+@click.option("--model/--no-model", "model_scoring", default=None, help="Score intents with the model (default: config).")
 @click.pass_context
-def chat(ctx, knowledge, as_json, generation):
+def chat(ctx, knowledge, as_json, generation, model_scoring):
     """Talk to the bot locally: each stdin line is the shopper's next message, in one conversation."""
     from .dialogue.decision import Action, Conversation, Message
-    engine = _engine(ctx, knowledge, generation)
+    engine = _engine(ctx, knowledge, generation, model_scoring)
     convo = Conversation("cli")
     interactive = sys.stdin.isatty() and not as_json
     if interactive:
@@ -290,6 +287,7 @@ def chat(ctx, knowledge, as_json, generation):
         reply = d.text if d.action != Action.SILENT else None
         if as_json:
             click.echo(json.dumps({"text": text, "reply": reply, "source": d.source, "intent": d.intent,
+                                   "answered": list(d.answered), "suggestions": list(d.suggestions),
                                    "confidence": d.confidence, "runner_up": d.runner_up,
                                    "escalate": d.action == Action.ESCALATE, "reason": d.reason,
                                    "priority": d.priority, "ms": ms}, ensure_ascii=False))
@@ -298,35 +296,67 @@ def chat(ctx, knowledge, as_json, generation):
 
 
 @main.command("eval")
-@click.option("--knowledge", default=None, help="Knowledge folder (default from config).")
+@click.option("--knowledge", default=None, help="Knowledge folder for a single case file (default from config).")
 @click.option("--min-accuracy", type=float, default=None, help="Exit 1 when top-1 accuracy is below this.")
-@click.option("--misses/--no-misses", default=True, help="List the misclassified cases.")
-@click.argument("cases", type=click.Path(exists=True, dir_okay=False))
+@click.option("--misses/--no-misses", default=True, help="List the cases the bot got wrong.")
+@click.option("--model/--no-model", "model_scoring", default=None, help="Score intents with the model (default: config).")
+@click.option("--json", "as_json", is_flag=True, help="Figures as JSON (folders of trades).")
+@click.argument("cases", type=click.Path(exists=True))
 @click.pass_context
-def eval_cmd(ctx, knowledge, min_accuracy, misses, cases):
-    """Accuracy, per-intent precision/recall and the confusion matrix for a labelled case file."""
+def eval_cmd(ctx, knowledge, min_accuracy, misses, model_scoring, as_json, cases):
+    """How well the bot answers labelled messages.
+
+    CASES is a case file (label<TAB>message; classifier report and confusion matrix over --knowledge),
+    or a folder of trades, each `<trade>/knowledge/*.yaml` + `<trade>/cases.tsv`: one row per trade with
+    answered-right, wrong answers, suggestions/fallbacks, out-of-scope answered, escalation recall,
+    look-alikes escalated, two-part questions and follow-ups, through the whole dialogue engine."""
+    from pathlib import Path
+    from .dialogue.evaluate import (check_labels, evaluate, evaluate_engine, format_report, format_trades,
+                                    read_cases, trade_folders)
+    if Path(cases).is_dir():
+        reports = []
+        for folder in trade_folders(cases):
+            engine = _engine(ctx, str(folder / "knowledge"), generation=False, model_scoring=model_scoring)
+            rows = _read_cases(folder / "cases.tsv")
+            try:
+                check_labels(rows, {i.id for i in engine.understanding().kb.intents}, str(folder / "cases.tsv"))
+            except ValueError as exc:
+                click.echo(f"wxkf: {exc}", err=True)
+                sys.exit(2)
+            lexical = engine.classifier()
+            reports.append(evaluate_engine(folder.name, rows, engine,
+                                           top1=lambda t, u=engine.understanding(): u.read(t).ranked[0].intent_id))
+            del lexical
+        if as_json:
+            click.echo(json.dumps({r.name: r.figures() for r in reports}, ensure_ascii=False, indent=2))
+        else:
+            click.echo(format_trades(reports, show_misses=misses))
+        return
     from .dialogue.engine import ANSWER_AT
-    from .dialogue.evaluate import evaluate, format_report, read_cases
-    clf = _engine(ctx, knowledge, generation=False).classifier()
-    try:
-        rows = read_cases(cases)
-    except ValueError as exc:
-        click.echo(f"wxkf: {exc}", err=True)
-        sys.exit(2)
+    u = _engine(ctx, knowledge, generation=False, model_scoring=model_scoring).understanding()
+    rows = _read_cases(cases)
     started = time.perf_counter()
 
     def predict(text):
-        ranked = clf.rank(text)
-        top = ranked[0]
+        top = u.read(text).ranked[0]
         return top.intent_id, (top.intent_id if top.confidence >= ANSWER_AT else None)
 
     report = evaluate(rows, predict)
-    per_msg = (time.perf_counter() - started) / max(1, len(rows)) * 1000
+    per_msg = (time.perf_counter() - started) / max(1, report["cases"]) * 1000
     click.echo(format_report(report, show_misses=misses))
-    click.echo(f"\n{per_msg:.2f} ms per message (classification without the model)")
+    click.echo(f"\n{per_msg:.2f} ms per message")
     if min_accuracy is not None and report["top1_accuracy"] < min_accuracy:
         click.echo(f"FAIL: top-1 accuracy {report['top1_accuracy']:.3f} < {min_accuracy}", err=True)
         sys.exit(1)
+
+
+def _read_cases(path):
+    from .dialogue.evaluate import read_cases
+    try:
+        return read_cases(path)
+    except ValueError as exc:
+        click.echo(f"wxkf: {exc}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

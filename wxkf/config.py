@@ -42,7 +42,9 @@ class Config:
     lease_seconds: float = defaults.LEASE_SECONDS
     heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS
     typing: bool = True
-    generation: bool = True
+    model_scoring: bool = True
+    understanding_budget: float = 0.8
+    generation: bool = False
     generation_budget: float = 1.5
     max_reply_chars: int = 50
     sandbox: bool = False

@@ -212,17 +212,12 @@ class Worker:
 
 
 def build_responder(cfg):
-    """The dialogue engine over the knowledge folder; with generation on, the model is loaded here,
-    once per process."""
-    from .dialogue.engine import DialogueEngine
-    from .dialogue.knowledge import KnowledgeStore
-    generator = None
-    if cfg.generation:
-        from .dialogue import model
-        from .dialogue.generator import Generator
-        generator = Generator(model.load(cfg.model_path), budget_seconds=cfg.generation_budget,
-                              max_chars=cfg.max_reply_chars)
-    return DialogueEngine(KnowledgeStore(cfg.knowledge_dir), generator).warm_up()
+    """The dialogue engine over the knowledge folder; the model is loaded here, once per process."""
+    from .dialogue.engine import build_engine
+    return build_engine(cfg.knowledge_dir, cfg.model_path, model_scoring=cfg.model_scoring,
+                        generation=cfg.generation, budget_seconds=cfg.understanding_budget,
+                        generation_budget=cfg.generation_budget, max_reply_chars=cfg.max_reply_chars,
+                        background_reload=True)
 
 
 def notify_robot(url, openid, reason, text):

@@ -53,8 +53,4 @@ class Decision:
     priority: int = 0
     runner_up: str | None = None
     suggestions: tuple = ()
-
-    def as_dict(self):
-        d = dataclasses.asdict(self)
-        d["action"] = self.action.value
-        return d
+    answered: tuple = ()      # the intents whose approved answers the reply carries

@@ -3,53 +3,116 @@
 Order of questions for a text message:
 1. a numbered pick ("1", "2", "第二个") of suggestions offered last turn;
 2. escalation (a human is needed: urgent > complaint > anger > request > repeated failure);
-3. the intent, with the previous turn's context for short follow-ups ("那发票呢");
-4. gating on calibrated confidence: answer, offer the top 2-3 as numbered suggestions, or fall back.
-Confident answers may be rephrased by the local model (checked by the generator's guard).
+3. what is asked (`understand.py`), with the greeting or thanks around it set aside, each of two
+   questions in one message read on its own, and a short follow-up ("那早餐呢", "收费吗") read with the
+   previous turn unless it names a topic of its own;
+4. gating on calibrated confidence: answer, offer the top 2-3 as numbered suggestions, or fall back
+   with the way to a human.
+A confident answer is the approved text, sent as written; the model is used to understand, not to
+rephrase (`generation = true` turns guarded rephrasing on; docs/dialogue.md has the measurements).
 """
 import logging
 import re
+import threading
 
 from . import escalation as escalation_mod
+from . import segment
 from .decision import Action, Decision
-from .intent import IntentClassifier
-from .textnorm import compact, normalize
+from .understand import Understanding
 
 log = logging.getLogger("wxkf.dialogue")
 
 ANSWER_AT = 0.55
-"""Confidence at or above which the bot answers directly (direct-answer precision ~97% on tests/eval)."""
+"""Confidence at or above which the bot answers directly (chosen on the development trades so that
+wrong direct answers stay near 3% of in-scope questions; docs/dialogue.md)."""
 
 SUGGEST_AT = 0.2
 """Confidence at or above which the bot offers numbered suggestions instead of falling back."""
 
+SURE = 0.9
+"""Confidence at which a short follow-up is taken on its own, whatever came before."""
+
+OPTION_AT = 0.08
+"""Least confidence for an intent to be listed among the suggestions."""
+
 _PICK = re.compile(r"^\s*(?:第\s*)?([1-3一二三])\s*(?:个|条|项)?\s*[.。、)）]?\s*$")
 _PICK_WORDS = {"1": 0, "一": 0, "2": 1, "二": 1, "3": 2, "三": 2}
-_FOLLOW_UP = re.compile(r"^(那|那么|还有|另外|如果|要是|那如果)")
+_THANKS = re.compile(r"(谢|感谢|thank|thx|辛苦|好的|好嘞|ok|明白|知道了|收到|了解)", re.I)
+
+
+def build_scorer(kb, llm, n_threads=2):
+    """The model scorer over a knowledge base's intents (every intent's prompt evaluated now)."""
+    from .scorer import ModelScorer, intent_prompt
+    prompts = {i.id: intent_prompt(i.title, i.examples, i.answer) for i in kb.intents}
+    return ModelScorer(llm, prompts, n_threads=n_threads)
 
 
 class DialogueEngine:
-    def __init__(self, store, generator=None):
+    """`llm`: the model that scores intents (None: lexical only). `background_reload`: when the knowledge
+    base changes, answer from its lexical reading at once and build the model's prompts (seconds) on a
+    thread, as the worker does; otherwise build them before answering (CLI, tests)."""
+
+    def __init__(self, store, generator=None, llm=None, budget_seconds=0.8, background_reload=False):
         self.store = store
         self.generator = generator
+        self.llm = llm
+        self.budget = budget_seconds
+        self.background_reload = background_reload
         self._kb = None
-        self._clf = None
+        self._understanding = None
+        self._retired = []
+        self._lock = threading.Lock()
 
     def warm_up(self):
-        """Build the classifier (and jieba's dictionary) now rather than on the first shopper message."""
-        self.classifier().rank("你好")
+        """Build the classifier, jieba's dictionary and the model's prompts now rather than on the first
+        customer message."""
+        self.understanding().read("你好")
         return self
 
-    def classifier(self):
+    def understanding(self):
         kb = self.store.get()
         if kb is not self._kb:
-            self._kb, self._clf = kb, IntentClassifier(kb)
-        return self._clf
+            first = self._kb is None
+            self._kb = kb
+            if self.llm is None:
+                self._swap(Understanding(kb, budget_seconds=self.budget))
+            elif self.background_reload and not first:
+                self._swap(Understanding(kb, budget_seconds=self.budget))
+                threading.Thread(target=self._build, args=(kb,), name="scorer-build", daemon=True).start()
+            else:
+                self._build(kb)
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for old in retired:  # closed here, on the thread that scores, never while in use
+            old.scorer.close()
+        return self._understanding
+
+    def _build(self, kb):
+        try:
+            scorer = build_scorer(kb, self.llm)
+        except Exception:  # the bot answers without the model rather than not at all
+            log.exception("could not build the model scorer; understanding without the model")
+            scorer = None
+        if kb is self._kb:
+            self._swap(Understanding(kb, scorer, budget_seconds=self.budget))
+            log.info("intent scorer ready for %d intents", len(kb.intents))
+        elif scorer is not None:
+            scorer.close()
+
+    def _swap(self, understanding):
+        with self._lock:
+            old, self._understanding = self._understanding, understanding
+            if old is not None and old.scorer is not None:
+                self._retired.append(old)
+
+    def classifier(self):
+        """The lexical classifier of the current knowledge base."""
+        return self.understanding().lexical
 
     # -- the decision ---------------------------------------------------------------------------
     def decide(self, message, conversation):
-        clf = self.classifier()
-        kb = clf.kb
+        u = self.understanding()
+        kb = u.kb
         if message.kind == "event":
             if message.event in ("user_enter_tempsession", "subscribe"):
                 return Decision(Action.REPLY, kb.welcome, source="welcome")
@@ -62,12 +125,12 @@ class DialogueEngine:
         text = message.text.strip()
         if not text:
             return Decision(Action.SILENT, source="silent")
-        decision = self._decide_text(text, conversation, clf)
+        decision = self._decide_text(text, conversation, u)
         self._remember(conversation, text, decision)
         return decision
 
-    def _decide_text(self, text, conversation, clf):
-        kb = clf.kb
+    def _decide_text(self, text, conversation, u):
+        kb = u.kb
         pick = _PICK.match(text)
         if pick and conversation.pending:
             index = _PICK_WORDS[pick.group(1)]
@@ -75,61 +138,111 @@ class DialogueEngine:
                 intent = kb.intent(conversation.pending[index])
                 if intent:
                     return Decision(Action.REPLY, intent.answer, source="knowledge", intent=intent.id,
-                                    confidence=1.0, reason="suggestion_picked")
+                                    confidence=1.0, reason="suggestion_picked", answered=(intent.id,))
         esc = escalation_mod.detect(text, kb.escalation_keywords, conversation.turns)
         if esc is None and self._repeated(text, conversation):
             esc = escalation_mod.Escalation("repeated_failure", escalation_mod.PRIORITY["repeated_failure"], "repeat")
         if esc:
             return Decision(Action.ESCALATE, kb.escalation_reply, source="escalate", reason=esc.reason,
                             priority=esc.priority)
-        ranked = clf.rank(text)
-        ranked = self._with_context(text, conversation, clf, ranked)
+        parts = segment.clauses(text)
+        if not parts:
+            return self._politeness(text, u)
+        if len(parts) >= 2:
+            decision = self._two_questions(parts, u)
+            if decision is not None:
+                return decision
+        question = " ".join(parts)
+        ranked = self._read_in_context(question, conversation, u)
+        return self._gate(question, ranked, u)
+
+    def _gate(self, text, ranked, u):
+        kb = u.kb
         top = ranked[0]
-        runner = ranked[1].intent_id if len(ranked) > 1 and ranked[1].confidence >= 0.01 else None
+        runner = ranked[1].intent_id if len(ranked) > 1 else None
         if top.confidence >= ANSWER_AT:
-            intent = kb.intent(top.intent_id)
-            return self._answer(text, intent, top.confidence, runner, kb)
+            return self._answer(text, kb.intent(top.intent_id), top.confidence, runner, kb)
         if top.confidence >= SUGGEST_AT:
-            options = [r for r in ranked[:3] if r.confidence >= SUGGEST_AT / 2][:3]
-            if len(options) >= 2:
-                lines = [f"{i + 1}. {kb.intent(r.intent_id).title}" for i, r in enumerate(options)]
-                reply = "您是想问：\n" + "\n".join(lines) + "\n回复数字即可。"
-                return Decision(Action.REPLY, reply, source="suggest", intent=top.intent_id,
-                                confidence=top.confidence, runner_up=runner,
-                                suggestions=tuple(r.intent_id for r in options))
-            intent = kb.intent(top.intent_id)
-            return self._answer(text, intent, top.confidence, runner, kb)
+            options = [top] + [r for r in ranked[1:3] if r.confidence >= OPTION_AT]
+            return self._suggest(options, kb, top, runner)
         return Decision(Action.REPLY, kb.fallback, source="fallback", intent=None,
                         confidence=top.confidence, runner_up=top.intent_id)
 
+    @staticmethod
+    def _suggest(options, kb, top, runner, lead="您是想问：", answered=()):
+        lines = [f"{i + 1}. {kb.intent(r.intent_id).title}" for i, r in enumerate(options)]
+        reply = lead + "\n" + "\n".join(lines) + "\n回复数字即可。"
+        return Decision(Action.REPLY, reply, source="suggest", intent=top.intent_id, confidence=top.confidence,
+                        runner_up=runner, suggestions=tuple(r.intent_id for r in options), answered=answered)
+
+    def _politeness(self, text, u):
+        """Only a greeting, thanks or "ok": the shop's own intent for it when it has one, else a short
+        courtesy of our own. No model: there is no question to understand."""
+        ranked = u.lexical.rank(text)
+        if ranked and ranked[0].confidence >= ANSWER_AT:
+            return self._answer(text, u.kb.intent(ranked[0].intent_id), ranked[0].confidence, None, u.kb)
+        if _THANKS.search(text):
+            return Decision(Action.REPLY, u.kb.thanks, source="canned")
+        return Decision(Action.REPLY, u.kb.welcome, source="welcome")
+
+    def _two_questions(self, parts, u):
+        """Each question read on its own: two confident different intents are both answered; one
+        confident answer is given with the other question's best guesses offered as suggestions."""
+        kb = u.kb
+        readings = [u.read(p).ranked for p in parts[:3]]
+        sure, unsure = [], []
+        for ranked in readings:
+            (sure if ranked[0].confidence >= ANSWER_AT else unsure).append(ranked)
+        ids = list(dict.fromkeys(r[0].intent_id for r in sure))
+        if len(ids) >= 2:
+            answers = [kb.intent(i).answer for i in ids[:3]]
+            reply = "\n".join(f"{n + 1}. {a}" for n, a in enumerate(answers))
+            return Decision(Action.REPLY, reply, source="knowledge", intent=ids[0], answered=tuple(ids[:3]),
+                            confidence=min(r[0].confidence for r in sure))
+        if len(ids) == 1 and unsure:
+            main = kb.intent(ids[0])
+            options = [r for r in unsure[0][:3] if r.confidence >= OPTION_AT and r.intent_id != ids[0]]
+            if options:
+                d = self._suggest(options, kb, sure[0][0], None, lead=f"{main.answer}\n\n另一个问题，您是想问：",
+                                  answered=(ids[0],))
+                return Decision(Action.REPLY, d.text, source="knowledge", intent=ids[0], answered=(ids[0],),
+                                confidence=sure[0][0].confidence, suggestions=d.suggestions)
+        return None
+
+    def _read_in_context(self, text, conversation, u):
+        """A short follow-up leans on the previous question. One that switches topic ("那早餐呢",
+        "还有停车呢") is read on its own; one that asks about the same thing ("收费吗", "要多久") is read
+        together with the previous question, unless it is unmistakably about something else."""
+        own = u.read(text).ranked
+        prev = conversation.last("user")
+        if not prev or not segment.looks_like_follow_up(text):
+            return own
+        if segment.switches_topic(text) and own[0].confidence >= SUGGEST_AT:
+            return own
+        if own[0].confidence >= SURE:
+            return own
+        combined = u.read(segment.strip_politeness(prev["text"]) + "，" + text).ranked
+        return combined if combined[0].confidence >= SUGGEST_AT or combined[0].confidence >= own[0].confidence else own
+
     def _answer(self, text, intent, confidence, runner, kb):
         if self.generator is not None:
-            out = self.generator.phrase(text, intent.answer, kb.persona)
-            if out.text:
+            try:
+                out = self.generator.phrase(text, intent.answer, kb.persona)
+            except Exception:  # the approved answer goes out whatever the model does
+                log.exception("generation failed; sending the approved answer")
+                out = None
+            if out is not None and out.text:
                 return Decision(Action.REPLY, out.text, source="generated", intent=intent.id,
-                                confidence=confidence, runner_up=runner)
-            log.debug("generation rejected (%s); sending the approved answer", out.reason)
+                                confidence=confidence, runner_up=runner, answered=(intent.id,))
+            elif out is not None:
+                log.debug("generation rejected (%s); sending the approved answer", out.reason)
         return Decision(Action.REPLY, intent.answer, source="knowledge", intent=intent.id,
-                        confidence=confidence, runner_up=runner)
-
-    @staticmethod
-    def _with_context(text, conversation, clf, ranked):
-        """Short follow-ups ("那发票呢", "要多久") are read together with the previous question,
-        unless they name a topic of their own confidently."""
-        prev = conversation.last("user")
-        if not prev:
-            return ranked
-        t = normalize(text)
-        if not (_FOLLOW_UP.match(t) or len(compact(text)) <= 4):
-            return ranked
-        if clf.lexicon.concepts(t) and ranked[0].confidence >= ANSWER_AT:
-            return ranked
-        combined = clf.rank(prev["text"] + " " + text)
-        return combined if combined[0].confidence > ranked[0].confidence or not clf.lexicon.concepts(t) else ranked
+                        confidence=confidence, runner_up=runner, answered=(intent.id,))
 
     @staticmethod
     def _repeated(text, conversation):
-        """The shopper asks again what the bot just answered: the answer did not help."""
+        """The customer asks again what the bot just answered: the answer did not help."""
+        from .textnorm import compact
         prev = conversation.last("user")
         if not prev:
             return False
@@ -148,3 +261,20 @@ class DialogueEngine:
         conversation.turns.append({"role": "bot", "source": decision.source, "intent": decision.intent})
         conversation.pending = list(decision.suggestions)
         del conversation.turns[:-10]
+
+
+def build_engine(knowledge_dir, model_path=None, model_scoring=True, generation=False, budget_seconds=0.8,
+                 generation_budget=1.5, max_reply_chars=50, n_threads=2, background_reload=False):
+    """The dialogue engine over a knowledge folder, as the worker and every CLI command build it.
+    The model is loaded (once per process) when it scores intents or rephrases answers."""
+    from .knowledge import KnowledgeStore
+    store = KnowledgeStore(knowledge_dir)
+    llm = generator = None
+    if model_path and (model_scoring or generation):
+        from . import model
+        llm = model.load(model_path, n_threads=n_threads)
+    if generation and llm is not None:
+        from .generator import Generator
+        generator = Generator(llm, budget_seconds=generation_budget, max_chars=max_reply_chars)
+    return DialogueEngine(store, generator, llm=llm if model_scoring else None, budget_seconds=budget_seconds,
+                          background_reload=background_reload).warm_up()

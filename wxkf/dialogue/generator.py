@@ -36,6 +36,14 @@ _QUOTED = re.compile(r"「([^」]+)」")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
+QUESTION_CHARS = 200
+"""Characters of the customer's message the model sees: any message fits the context."""
+
+
+def _short(question):
+    return " ".join(question.split())[:QUESTION_CHARS]
+
+
 @dataclasses.dataclass(frozen=True)
 class Generated:
     text: str | None         # the checked text, or None: send the approved answer
@@ -94,14 +102,14 @@ class Generator:
         self.chat = bool(meta.get("tokenizer.chat_template"))
 
     def prompt(self, question, answer):
-        return f"{FEW_SHOT}知识库：{answer}\n顾客：{question.strip()}\n客服："
+        return f"{FEW_SHOT}知识库：{answer}\n顾客：{_short(question)}\n客服："
 
     def _stream(self, question, answer, persona):
         if self.chat:
             system = (persona or "你是网店的微信客服。") + "只根据知识库回答，不编造，一句话。"
             return self.llm.create_chat_completion(
                 messages=[{"role": "system", "content": system},
-                          {"role": "user", "content": f"知识库：{answer}\n顾客问题：{question.strip()}"}],
+                          {"role": "user", "content": f"知识库：{answer}\n顾客问题：{_short(question)}"}],
                 max_tokens=self.max_tokens, temperature=0.0, stream=True), True
         return self.llm.create_completion(self.prompt(question, answer), max_tokens=self.max_tokens,
                                           temperature=0.0, stop=["\n", "顾客：", "知识库："], stream=True), False

@@ -21,8 +21,11 @@ def load(path, n_ctx=2048, n_threads=2):
         if path not in _loaded:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"model not found: {path} (run `wxkf model`)")
+            import contextlib
+            import io
             from llama_cpp import Llama
-            _loaded[path] = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+            with contextlib.redirect_stderr(io.StringIO()):  # llama.cpp's notices, printed via sys.stderr
+                _loaded[path] = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
             log.info("model loaded: %s (chat template: %s)", Path(path).name, bool(chat_template(_loaded[path])))
         return _loaded[path]
 

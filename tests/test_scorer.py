@@ -1,0 +1,118 @@
+"""Intent scoring with the real bundled model: what it understands, what it costs, how it fails safe."""
+from pathlib import Path
+
+import pytest
+
+from wxkf import config as config_mod
+from wxkf.dialogue import model
+from wxkf.dialogue.decision import Action, Conversation, Message
+from wxkf.dialogue.engine import ANSWER_AT, DialogueEngine, build_scorer
+from wxkf.dialogue.knowledge import KnowledgeStore, load
+from wxkf.dialogue.scorer import NEUTRAL
+from wxkf.dialogue.understand import Understanding
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+HOTEL = ROOT / "tests" / "eval" / "trades" / "hotel" / "knowledge"
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return model.load(config_mod.load(env={}).model_path)
+
+
+@pytest.fixture(scope="module")
+def scorer(llm):
+    s = build_scorer(load(HOTEL), llm)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def hotel(llm):
+    return DialogueEngine(KnowledgeStore(HOTEL), llm=llm).warm_up()
+
+
+def say(engine, text, convo=None):
+    return engine.decide(Message(kind="text", text=text), convo or Conversation("o"))
+
+
+def test_a_candidate_scores_the_same_alone_or_in_a_batch(scorer):
+    alone = scorer.score("早饭要钱吗", ["breakfast"])["breakfast"]
+    batched = scorer.score("早饭要钱吗", ["invoice", "breakfast", "deposit", NEUTRAL])["breakfast"]
+    again = scorer.score("早饭要钱吗", ["breakfast"])["breakfast"]
+    assert alone == again  # the message's tokens were removed from the cache after scoring
+    assert alone[1] == batched[1]
+    # Batches of other sizes take other matrix kernels: equal up to float rounding, not bit for bit.
+    assert abs(alone[0] - batched[0]) < 0.1 * alone[1]
+
+
+@pytest.mark.parametrize("text, intent", [
+    ("早饭要钱吗", "breakfast"),
+    ("公司报销要票", "invoice"),
+    ("明早六点的飞机 房卡交哪", "checkout_time"),
+])
+def test_the_model_prefers_the_intent_the_customer_means(scorer, text, intent):
+    scores = scorer.score(text, list(scorer.seq))
+    best = max((k for k in scores if k != NEUTRAL), key=lambda k: scores[k][0])
+    assert best == intent
+
+
+def test_a_message_longer_than_the_context_is_scored_on_its_first_tokens(scorer):
+    long = "你好，我想问一下早餐的事情。" + "我们一家人明天要早起赶飞机，" * 250  # ~3,600 characters
+    assert len(long) > 3500
+    scores = scorer.score(long, ["breakfast", NEUTRAL])
+    assert scores["breakfast"][1] == scorer.max_message_tokens
+
+
+def test_the_engine_answers_a_3600_character_message(hotel):
+    d = say(hotel, "请问早餐几点开始？" + "我们一家四口明天早上要赶七点的高铁，" * 200)
+    assert d.action in (Action.REPLY, Action.ESCALATE) and d.text
+
+
+def test_a_confident_lexical_match_skips_the_model(hotel):
+    reading = hotel.understanding().read("几点退房")
+    assert not reading.used_model and reading.ranked[0].intent_id == "checkout_time"
+    assert reading.ranked[0].confidence >= ANSWER_AT
+
+
+def test_an_uncertain_message_is_read_with_the_model(hotel):
+    reading = hotel.understanding().read("早饭要钱吗")
+    assert reading.used_model and reading.candidates >= 3
+    assert reading.ranked[0].intent_id == "breakfast"
+
+
+@pytest.mark.parametrize("text", ["有停车场吗", "附近有什么好玩的景点", "你们老板是哪里人"])
+def test_questions_no_intent_covers_are_not_answered_with_another_intents_answer(hotel, text):
+    d = say(hotel, text)
+    assert d.source in ("fallback", "suggest"), (d.source, d.intent, d.confidence)
+
+
+def test_a_broken_scorer_falls_back_to_the_lexical_reading():
+    class Broken:
+        def score(self, text, keys):
+            raise RuntimeError("llama_decode failed (-3)")
+
+    u = Understanding(load(HOTEL), scorer=Broken())
+    reading = u.read("早饭要钱吗")
+    assert not reading.used_model and reading.ranked
+
+
+def test_a_knowledge_edit_answers_at_once_and_the_model_catches_up_in_the_background(llm, tmp_path):
+    import shutil
+    import time
+    shutil.copytree(HOTEL, tmp_path / "kb")
+    engine = DialogueEngine(KnowledgeStore(tmp_path / "kb", interval=0), llm=llm, background_reload=True).warm_up()
+    assert engine.understanding().scorer is not None
+    with open(tmp_path / "kb" / "shop.yaml", "a", encoding="utf-8") as fh:
+        fh.write("  - id: parking\n    title: 停车\n    examples: [有停车场吗, 停车收费吗, 车停哪里]\n"
+                 "    answer: 酒店地下停车场住客免费停车，入口在酒店东侧。\n")
+    first = engine.understanding()
+    assert first.kb.intent("parking") is not None  # the new intent is there at once, read lexically
+    deadline = time.monotonic() + 60
+    while engine.understanding().scorer is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    later = engine.understanding()
+    assert later.scorer is not None and "parking" in later.scorer.seq
+    assert say(engine, "车停哪里").intent == "parking"

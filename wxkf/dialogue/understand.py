@@ -1,0 +1,115 @@
+"""What does the customer ask? Lexical recall, the model where it changes the answer, calibrated confidence.
+
+1. The lexical classifier (`intent.py`: jieba words, character bigrams, 词林 thesaurus groups, the shop's
+   synonyms; < 1 ms) ranks every intent. When it is sure (confidence >= `lexical_sure`), that is the
+   reading: no model call.
+2. Otherwise the model scores the lexical top `first_candidates` intents and a neutral prompt
+   (`scorer.py`). When the first pass is still unsure and time is left, it scores the next candidates
+   too, up to `max_candidates`.
+3. Each scored candidate gets z = log P(message | intent) / tokens + `lexical_weight` x lexical score.
+   The confidence of the best one is a logistic function of three measured signals: its margin over the
+   runner-up, how much better it explains the message than the neutral prompt (pointwise mutual
+   information per token; low for out-of-scope questions), and its lexical score. The coefficients
+   were fitted on the development trades only (tests/eval/trades; `bench/fit_confidence.py`), never on
+   the blind ones.
+
+Confidence means "probability that this intent is what the customer asked"; the engine answers,
+suggests or falls back on it. Anything that fails in the model stage falls back to the lexical reading.
+"""
+import dataclasses
+import logging
+import math
+import time
+
+from .intent import IntentClassifier, Ranked
+from .scorer import NEUTRAL
+
+log = logging.getLogger("wxkf.understand")
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Fitted on tests/eval/trades (development trades) by bench/fit_confidence.py."""
+    lexical_weight: float = 1.0
+    bias: float = -2.0
+    margin: float = 2.0
+    pmi: float = 1.0
+    lexical: float = 2.0
+    lexical_sure: float = 0.9
+    """Lexical confidence at which the model is not asked."""
+    first_candidates: int = 3
+    max_candidates: int = 8
+    widen_below: float = 0.6
+    """Confidence under which the second pass scores more candidates."""
+
+
+CALIBRATION = Calibration()
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    ranked: list            # Ranked, best first; confidence calibrated
+    used_model: bool = False
+    candidates: int = 0     # intents the model scored
+    ms: float = 0.0
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, x))))
+
+
+class Understanding:
+    """One per knowledge base: the lexical classifier and, optionally, the model scorer built over it."""
+
+    def __init__(self, kb, scorer=None, calibration=CALIBRATION, budget_seconds=0.8, clock=time.monotonic):
+        self.kb = kb
+        self.lexical = IntentClassifier(kb)
+        self.scorer = scorer
+        self.cal = calibration
+        self.budget = budget_seconds
+        self.clock = clock
+
+    def read(self, text):
+        started = self.clock()
+        lex = self.lexical.rank(text)
+        if self.scorer is None or not lex or lex[0].confidence >= self.cal.lexical_sure:
+            return Reading(lex, ms=(self.clock() - started) * 1000)
+        try:
+            ranked, n = self._with_model(text, lex, started)
+        except Exception:  # the decision never dies because of the model
+            log.exception("model scoring failed; using the lexical reading")
+            return Reading(lex, ms=(self.clock() - started) * 1000)
+        return Reading(ranked, used_model=True, candidates=n, ms=(self.clock() - started) * 1000)
+
+    def _with_model(self, text, lex, started):
+        cal = self.cal
+        lexical = {r.intent_id: r.score for r in lex}
+        order = [r.intent_id for r in lex]
+        scores = self.scorer.score(text, order[:cal.first_candidates] + [NEUTRAL])
+        ranked, conf = self._combine(scores, lexical)
+        elapsed = self.clock() - started
+        more = order[cal.first_candidates:cal.max_candidates]
+        if conf < cal.widen_below and more and elapsed * (1 + len(more) / cal.first_candidates) < self.budget:
+            scores.update(self.scorer.score(text, more))
+            ranked, conf = self._combine(scores, lexical)
+        scored = {r.intent_id for r in ranked}
+        rest = [Ranked(r.intent_id, r.score, 0.0) for r in lex if r.intent_id not in scored]
+        return ranked + rest, len(scored)
+
+    def _combine(self, scores, lexical):
+        cal = self.cal
+        neutral, n = scores.get(NEUTRAL, (0.0, 1))
+        n = max(1, n)
+        z = {k: lp / n + cal.lexical_weight * lexical.get(k, 0.0) for k, (lp, _) in scores.items() if k != NEUTRAL}
+        best = sorted(z, key=lambda k: -z[k])
+        top = best[0]
+        margin = z[top] - z[best[1]] if len(best) > 1 else 1.0
+        pmi = (scores[top][0] - neutral) / n
+        conf = _sigmoid(cal.bias + cal.margin * margin + cal.pmi * pmi + cal.lexical * lexical.get(top, 0.0))
+        # The others share what is left in proportion to how close they came.
+        rest = [math.exp(z[k] - z[top]) for k in best[1:]]
+        total = sum(rest) or 1.0
+        ranked = [Ranked(top, round(z[top], 4), round(conf, 4))]
+        ranked += [Ranked(k, round(z[k], 4), round(min(conf, (1 - conf) * w / total), 4))
+                   for k, w in zip(best[1:], rest)]
+        return ranked, conf
