@@ -34,3 +34,24 @@ def test_broken_toml_is_a_clear_error(tmp_path):
 def test_secrets_are_masked_when_described():
     described = config_mod.load(env={}).describe()
     assert described["secret"] == "***" and described["aes_key"] == "***" and described["appid"] != "***"
+
+
+def test_a_production_config_that_forgets_the_token_does_not_start(tmp_path):
+    """The demo token is published in this repository: it must never be a silent default."""
+    prod = tmp_path / "prod.toml"
+    prod.write_text('aes_key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEF1"\nappid = "wx1234567890abcdef"\n'
+                    'secret = "s3cret"\n')
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(prod, env={})
+    assert "token:" in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["token", "aes_key", "appid", "secret"])
+def test_demo_credentials_refuse_to_start_outside_the_sandbox(key):
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(env={"WXKF_SANDBOX": "false", "WXKF_TOKEN": "realtoken123",
+                             "WXKF_AES_KEY": "zyxwvutsrqponmlkjihgfedcba9876543210ZYXWVUT",
+                             "WXKF_APPID": "wx1234567890abcdef", "WXKF_SECRET": "s3cret",
+                             f"WXKF_{key.upper()}": config_mod.DEMO[key]})
+    assert f"{key}: still the demo value" in str(info.value)
+    assert str(info.value).count("demo value") == 1

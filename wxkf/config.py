@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    token: str = "wxkfdemotoken"
-    aes_key: str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
-    appid: str = "wxdemo0000000000"
-    secret: str = "demosecret"
+    token: str = ""
+    aes_key: str = ""
+    appid: str = ""
+    secret: str = ""
     corpid: str = ""
     kf_secret: str = ""
     kf_token: str = ""
@@ -94,6 +94,10 @@ class Config:
         return out
 
 
+DEMO = {"token": "wxkfdemotoken", "aes_key": "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+        "appid": "wxdemo0000000000", "secret": "demosecret"}
+"""The demo credentials published in conf/wxkf.toml: only ever valid against the local sandbox."""
+
 SECRET_KEYS = {"token", "aes_key", "secret", "kf_secret", "kf_token", "kf_aes_key", "console_secret"}
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
@@ -135,6 +139,11 @@ def _valid_aes_key(key):
 
 
 def _validate(cfg, problems):
+    if not cfg.sandbox:
+        for key, demo in DEMO.items():
+            if getattr(cfg, key) == demo:
+                problems.append(f"{key}: still the demo value published with wxkf; with sandbox = false set "
+                                f"your own (anyone could sign pushes with the published one)")
     if not re.fullmatch(r"[A-Za-z0-9]{3,32}", cfg.token):
         problems.append("token: must be 3-32 letters or digits (as the WeChat console requires)")
     if not _valid_aes_key(cfg.aes_key):
