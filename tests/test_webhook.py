@@ -1,5 +1,6 @@
 """The push URL: verification, the three encryption modes, XML and JSON, and every kind of bad input."""
 import dataclasses
+import re
 import json
 
 import pytest
@@ -211,7 +212,7 @@ def test_unknown_message_type_is_acknowledged_but_not_queued(client, builder, r)
     resp = client.post(url, data=body)
     assert resp.status_code == 200 and resp.data == b"success"
     assert queued(r) == 0
-    assert r.hget(keys.METRICS, 'wxkf_pushes_ignored_total{type="hologram"}') == "1"
+    assert r.hget(keys.METRICS, 'wxkf_pushes_ignored_total{type="other"}') == "1"  # never attacker text
 
 
 def test_redis_down_answers_503_so_wechat_retries(cfg, builder):
@@ -247,3 +248,34 @@ def test_queueing_survives_a_redis_script_flush(client, builder, r):
     url, body = builder.request(builder.message("o1", text="second"))
     assert client.post(url, data=body).status_code == 200
     assert queued(r) == 2
+
+
+_PROM_LINE = re.compile(r'^(# (HELP|TYPE) .*|[a-z_]+(\{([a-z_]+="([^"\\\n]|\\.)*",?)*\})? [-+0-9.eInf]+)$')
+
+
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+def test_a_newline_in_msgtype_forges_no_log_line_and_keeps_metrics_parseable(client, builder, r, caplog, fmt):
+    fields = builder.message("o1", msg_type='hologram\n2026-01-01 INFO wxkf forged{x="1"} 9')
+    url, body = builder.request(fields, fmt=fmt)
+    with caplog.at_level("INFO"):
+        assert client.post(url, data=body).status_code == 200
+    assert not any("\n" in rec.getMessage() for rec in caplog.records)
+    text = client.get("/metrics").get_data(as_text=True)
+    bad = [line for line in text.splitlines() if line and not _PROM_LINE.match(line)]
+    assert not bad and "forged" not in text
+
+
+def test_metric_label_values_are_escaped():
+    from wxkf.metrics import field
+    assert field("m", reason='a"b\\c\nd') == 'm{reason="a\\"b\\\\c\\nd"}'
+
+
+@pytest.mark.parametrize("change", [
+    {"FromUserName": "o1\nINFO forged"}, {"FromUserName": "o1 x"}, {"CreateTime": "9" * 5000},
+    {"CreateTime": "²"}, {"CreateTime": "-5"}, {"MsgId": "12ab"},
+])
+def test_fields_wechat_never_sends_are_400_not_500(client, builder, r, change):
+    fields = dict(builder.message("o1", text="hi"), **change)
+    url, body = builder.request(fields)
+    assert client.post(url, data=body).status_code == 400
+    assert queued(r) == 0

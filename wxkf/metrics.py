@@ -25,10 +25,15 @@ FAMILIES = {
 }
 
 
+def _escape(value):
+    """A label value as Prometheus' text format requires: backslash, quote and newline escaped."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def field(name, **labels):
     if not labels:
         return name
-    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
     return f"{name}{{{inner}}}"
 
 

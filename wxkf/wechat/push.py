@@ -70,6 +70,11 @@ def _text(value):
     return str(value)
 
 
+_OPENID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SECONDS = re.compile(r"[0-9]{1,12}")
+_MSG_ID = re.compile(r"[0-9]{1,32}")
+
+
 def to_inbound(fields, fmt):
     """Validate the decrypted fields and build the record the worker consumes.
 
@@ -79,8 +84,13 @@ def to_inbound(fields, fmt):
     openid = _text(fields.get("FromUserName"))
     msg_type = _text(fields.get("MsgType"))
     create_time = _text(fields.get("CreateTime"))
-    if not openid or not msg_type or not create_time.isdigit():
+    if not openid or not msg_type or not create_time:
         raise BadPush("push lacks FromUserName, MsgType or CreateTime")
+    # What WeChat sends, and nothing else: these become Redis keys, log fields and metric labels.
+    if not _OPENID.fullmatch(openid):
+        raise BadPush("FromUserName is not an openid")
+    if not _SECONDS.fullmatch(create_time):
+        raise BadPush("CreateTime is not a Unix time")
     event = _text(fields.get("Event")) if msg_type == "event" else ""
     if msg_type == "event":
         if event not in EVENTS_HANDLED:
@@ -88,6 +98,8 @@ def to_inbound(fields, fmt):
         push_id = f"{openid}:{create_time}:{event}"
     elif msg_type in MESSAGE_TYPES:
         msg_id = _text(fields.get("MsgId"))
+        if msg_id and not _MSG_ID.fullmatch(msg_id):
+            raise BadPush("MsgId is not a message id")
         push_id = msg_id or f"{openid}:{create_time}:{msg_type}"
     else:
         return None

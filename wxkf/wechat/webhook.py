@@ -82,8 +82,10 @@ def receive():
         _count(svc, "wxkf_pushes_rejected_total", status=str(exc.status), reason=reason)
         return _plain({403: "forbidden", 413: "too large"}.get(exc.status, "bad request"), exc.status)
     if inbound is None:
-        log.info("push ignored type=%s event=%s", fields.get("MsgType"), fields.get("Event", ""))
-        _count(svc, "wxkf_pushes_ignored_total", type=str(fields.get("MsgType", ""))[:32])
+        kind = str(fields.get("MsgType", ""))
+        kind = kind if kind in push.MESSAGE_TYPES or kind == "event" else "other"  # never attacker text
+        log.info("push ignored type=%s event=%r", kind, str(fields.get("Event", ""))[:40])
+        _count(svc, "wxkf_pushes_ignored_total", type=kind)
         return _plain("success")
     escalation = _escalation(svc, inbound)
     try:
