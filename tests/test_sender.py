@@ -87,6 +87,20 @@ def test_a_new_shopper_message_resets_the_allowance_without_accumulating(svc, sa
     assert sender.remaining(OPENID) == 5
 
 
+def test_a_redelivered_message_does_not_grant_its_allowance_again(svc, sandbox):
+    """At-least-once delivery brings a push back after a crash; WeChat granted its 5 messages once."""
+    sender = make_sender(svc, sandbox)
+    sandbox.state.interact(OPENID, at=sandbox.state.now())
+    at = time.time()
+    assert sender.open_window(OPENID, "message", at, "push-1") == 5
+    for i in range(3):
+        sender.deliver(f"b{i}", OPENID, ["x"])
+    assert sender.open_window(OPENID, "message", at, "push-1") == 2  # the same push, delivered again
+    assert sender.remaining(OPENID) == 2
+    assert sender.open_window(OPENID, "message", at, "push-2") == 5  # a new message does grant
+    assert sender.remaining(OPENID) == 5
+
+
 def test_window_closes_after_48_hours(svc, sandbox, r):
     offset = [0.0]
     sender = make_sender(svc, sandbox, clock=lambda: time.time() + offset[0])

@@ -42,6 +42,11 @@ def quota(openid):
     return f"{NS}:quota:{openid}"
 
 
+def window_opened(push_id):
+    """Set once a push has opened its shopper's send window, so a redelivery does not open it again."""
+    return f"{NS}:opened:{push_id}"
+
+
 UNDELIVERED = f"{NS}:undelivered"
 """Stream of replies WeChat refused or we could not send, kept for agents and operators."""
 

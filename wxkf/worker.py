@@ -80,9 +80,9 @@ class Worker:
         openid, push_id = inbound["openid"], inbound["id"]
         kind = inbound["type"]
         if kind in MESSAGE_TYPES:
-            self.sender.open_window(openid, "message", inbound["create_time"])
+            self.sender.open_window(openid, "message", inbound["create_time"], push_id)
         elif inbound["event"]:
-            self.sender.open_window(openid, inbound["event"], inbound["create_time"])
+            self.sender.open_window(openid, inbound["event"], inbound["create_time"], push_id)
         message = Message.from_inbound(inbound)
         handoffs = self.svc.handoffs
         if inbound["event"] in ("kf_create_session", "kf_switch_session"):

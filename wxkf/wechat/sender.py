@@ -17,6 +17,12 @@ log = logging.getLogger("wxkf.sender")
 # Opening a window never accumulates: allowance and expiry become the larger of what is left and
 # what the new trigger grants (MP guide: "可发送客服消息条数不累加 ... 更新为当前可下发条数限制的最大值").
 _OPEN = """
+if KEYS[2] and redis.call('SET', KEYS[2], 1, 'NX', 'EX', tonumber(ARGV[3]) + 60) == false then
+  -- This push opened the window already (it is being delivered again): it grants nothing more.
+  local e = tonumber(redis.call('HGET', KEYS[1], 'expires') or '0')
+  if e <= tonumber(ARGV[1]) then return 0 end
+  return tonumber(redis.call('HGET', KEYS[1], 'allowance') or '0') - tonumber(redis.call('HGET', KEYS[1], 'used') or '0')
+end
 local now = tonumber(ARGV[1])
 local exp = tonumber(redis.call('HGET', KEYS[1], 'expires') or '0')
 local left = 0
@@ -111,8 +117,9 @@ class Sender:
         return cls(svc.redis, api, svc.metrics, typing=cfg.typing)
 
     # -- the window ----------------------------------------------------------------------------
-    def open_window(self, openid, trigger, at):
-        """Record what a shopper action allows us to send (trigger: 'message' or an event name)."""
+    def open_window(self, openid, trigger, at, push_id=None):
+        """Record what a shopper action allows us to send (trigger: 'message' or an event name).
+        With `push_id`, each push opens the window once: a redelivered push grants nothing again."""
         if trigger == "message":
             allowance, seconds = defaults.USER_MSG_QUOTA, defaults.USER_MSG_WINDOW
         elif trigger in defaults.EVENT_QUOTA:
@@ -120,7 +127,8 @@ class Sender:
         else:
             return None
         remaining_at = min(float(at), self.clock())
-        return self._open(keys=[keys.quota(openid)], args=[remaining_at, allowance, seconds])
+        window_keys = [keys.quota(openid)] + ([keys.window_opened(push_id)] if push_id else [])
+        return self._open(keys=window_keys, args=[remaining_at, allowance, seconds])
 
     def remaining(self, openid):
         q = self.redis.hgetall(keys.quota(openid))
