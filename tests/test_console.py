@@ -222,3 +222,21 @@ def test_admin_promotes_an_agent_reply_into_the_knowledge_base(client, accounts,
                                          "examples": "能不能刻字", "answer": "可以免费刻字，下单备注即可。"})
     svc.knowledge.interval = 0
     assert svc.knowledge.get().intent("engraving").answer == "可以免费刻字，下单备注即可。"
+
+
+def test_the_console_opens_with_a_broken_knowledge_base_and_says_what_is_wrong(svc, client, accounts, tmp_path):
+    import dataclasses
+    import shutil
+    from pathlib import Path
+    kb = tmp_path / "kb"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "knowledge", kb)
+    svc.config = dataclasses.replace(svc.config, knowledge=str(kb), var_dir=str(tmp_path / "var"))
+    svc.knowledge.get()  # a good start remembers it
+    (kb / "orders.yaml").write_text("intents: [\n")
+    svc._knowledge = None  # as after a restart
+    login(client, "root", "battery staple")
+    page = client.get("/console/kb")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "上一个正确的版本" in html and "orders.yaml:" in html and str(kb) not in html
+    assert client.get("/console/").status_code == 200

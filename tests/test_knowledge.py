@@ -83,3 +83,26 @@ def test_intent_and_chat_cli_print_json_lines():
     replies = [json.loads(line) for line in chat.output.splitlines()]
     assert [r["source"] for r in replies] == ["knowledge", "knowledge"]
     assert replies[1]["intent"] == "logistics" and "发货" in replies[1]["reply"]
+
+
+def test_an_emptied_file_is_an_error_not_a_silent_loss_of_its_intents(tmp_path):
+    shutil.copytree(SHIPPED, tmp_path / "kb")
+    (tmp_path / "kb" / "orders.yaml").write_text("# 清空了\n")
+    with pytest.raises(KnowledgeError) as info:
+        load(tmp_path / "kb")
+    assert "orders.yaml:1: the file is empty" in str(info.value)
+    out = CliRunner().invoke(main, ["kb", "check", str(tmp_path / "kb")])
+    assert out.exit_code == 1 and "orders.yaml:1" in out.output
+
+
+def test_a_knowledge_base_broken_at_start_up_runs_on_the_last_good_version(tmp_path):
+    shutil.copytree(SHIPPED, tmp_path / "kb")
+    snapshot = tmp_path / "var" / "knowledge-last-good.json"
+    good = KnowledgeStore(tmp_path / "kb", snapshot=snapshot).get()
+    assert snapshot.exists()
+    (tmp_path / "kb" / "aftersale.yaml").write_text("intents:\n  - id: [broken\n")
+    store = KnowledgeStore(tmp_path / "kb", snapshot=snapshot)  # a restart with the broken file
+    assert store.get() == good
+    assert "aftersale.yaml" in str(store.last_error)
+    with pytest.raises(KnowledgeError):  # no snapshot: nothing to fall back on, and it says why
+        KnowledgeStore(tmp_path / "kb")

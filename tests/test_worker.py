@@ -127,3 +127,35 @@ def test_a_broken_knowledge_edit_keeps_the_last_good_answers(fast, client, build
     drain(w)
     assert "48小时内发货" in sandbox.sends("o_kb")[0]["text"]["content"]
     assert w.responder.store.last_error is not None
+
+
+@pytest.mark.slow
+def test_the_default_worker_reads_with_the_model_and_answers_another_trade(fast, client, builder, sandbox):
+    """The default configuration (model scoring on) over a hotel's knowledge base: a question no
+    example shares a word with is understood and answered with the approved text."""
+    from pathlib import Path
+    hotel = Path(__file__).resolve().parent / "eval" / "trades" / "hotel" / "knowledge"
+    fast.config = dataclasses.replace(fast.config, model_scoring=True, knowledge=str(hotel))
+    w = make_worker(fast, "w1")
+    assert w.responder.understanding().scorer is not None
+    push(client, builder, sandbox, "o_m", text="早饭要钱吗")
+    drain(w)
+    sent = sandbox.sends("o_m")
+    assert len(sent) == 1
+    assert sent[0]["text"]["content"] in (w.responder.understanding().kb.intent("breakfast").answer,) or \
+        "回复数字" in sent[0]["text"]["content"]
+
+
+def test_a_worker_starts_on_the_last_good_knowledge_when_the_files_are_broken(fast, client, builder, sandbox, tmp_path):
+    import shutil
+    from pathlib import Path
+    kb = tmp_path / "kb"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "knowledge", kb)
+    fast.config = dataclasses.replace(fast.config, knowledge=str(kb), var_dir=str(tmp_path / "var"))
+    from wxkf.worker import build_responder
+    build_responder(fast.config)  # a good start remembers the knowledge base
+    (kb / "orders.yaml").write_text("intents: [\n")
+    w = make_worker(fast, "w1")  # restarted with a broken file: it still starts and answers
+    push(client, builder, sandbox, "o_kb", text="我的快递到哪了")
+    drain(w)
+    assert "48小时内发货" in sandbox.sends("o_kb")[0]["text"]["content"]

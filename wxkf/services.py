@@ -24,7 +24,8 @@ class Services:
     def knowledge(self):
         if self._knowledge is None:
             from .dialogue.knowledge import KnowledgeStore
-            self._knowledge = KnowledgeStore(self.config.knowledge_dir)
+            self._knowledge = KnowledgeStore(self.config.knowledge_dir,
+                                             snapshot=self.config.var_path / "knowledge-last-good.json")
         return self._knowledge
 
     @property

@@ -217,7 +217,7 @@ def build_responder(cfg):
     return build_engine(cfg.knowledge_dir, cfg.model_path, model_scoring=cfg.model_scoring,
                         generation=cfg.generation, budget_seconds=cfg.understanding_budget,
                         generation_budget=cfg.generation_budget, max_reply_chars=cfg.max_reply_chars,
-                        background_reload=True)
+                        background_reload=True, snapshot=cfg.var_path / "knowledge-last-good.json")
 
 
 def notify_robot(url, openid, reason, text):
@@ -245,8 +245,15 @@ def wait_for_redis(r, seconds=30):
 
 
 def main(svc):
+    from .errors import KnowledgeError
     wait_for_redis(svc.redis)
-    worker = Worker(svc, build_responder(svc.config))
+    try:
+        responder = build_responder(svc.config)
+    except KnowledgeError as exc:  # broken and no good version remembered: say what to fix
+        log.error("cannot start: the knowledge base is broken and no earlier good version exists:\n%s",
+                  "\n".join(exc.problems))
+        raise SystemExit(1) from None
+    worker = Worker(svc, responder)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)
     worker.run()

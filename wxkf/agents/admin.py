@@ -27,7 +27,18 @@ def kb_list():
                if not q or q in i.id or q in i.title or q in i.answer or any(q in e for e in i.examples)]
     unanswered = svc().redis.zrevrange(keys.UNANSWERED, 0, 19, withscores=True)
     return render_template("kb.html", intents=intents, q=q, unanswered=unanswered,
-                           all_intents=kb.intents, test=None)
+                           all_intents=kb.intents, test=None, kb_problems=_kb_problems())
+
+
+def _kb_problems():
+    """What is wrong with the files on disk (the bot answers from the last good version meanwhile),
+    with file names relative to the knowledge folder: no server paths on the page."""
+    store = svc().knowledge
+    error = store.last_error
+    if error is None:
+        return []
+    prefix = str(store.folder) + "/"
+    return [p.replace(prefix, "") for p in getattr(error, "problems", [str(error)])]
 
 
 @bp.post("/kb/test")

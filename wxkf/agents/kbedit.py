@@ -76,11 +76,14 @@ class KnowledgeEditor:
         return None
 
     def _validate_with(self, path, new_text):
-        """Validate the whole folder as it would be with `path` holding `new_text`."""
+        """Validate the whole folder as it would be with `path` holding `new_text` (None: without it)."""
         with tempfile.TemporaryDirectory() as tmp:
             for p in self.folder.glob("*.yaml"):
                 shutil.copy(p, Path(tmp) / p.name)
-            (Path(tmp) / path.name).write_text(new_text, encoding="utf-8")
+            if new_text is None:
+                (Path(tmp) / path.name).unlink(missing_ok=True)
+            else:
+                (Path(tmp) / path.name).write_text(new_text, encoding="utf-8")
             try:
                 load(tmp)
             except KnowledgeError as exc:
@@ -146,7 +149,7 @@ class KnowledgeEditor:
         f = rows[0][1]
         path = self.folder / f["file"]
         if not f["before"]:
-            self._validate_with(path, "")
+            self._validate_with(path, None)
             path.unlink(missing_ok=True)
             return self.redis.xadd(keys.KB_VERSIONS, {"file": f["file"], "before": f["after"], "after": "",
                                                       "who": who, "action": "rollback", "intent": f["intent"],

@@ -42,8 +42,9 @@ _THANKS = re.compile(r"(谢|感谢|thank|thx|辛苦|好的|好嘞|ok|明白|知�
 
 def build_scorer(kb, llm, n_threads=2):
     """The model scorer over a knowledge base's intents (every intent's prompt evaluated now)."""
-    from .scorer import ModelScorer, intent_prompt
+    from .scorer import NEUTRAL, ModelScorer, intent_prompt, neutral_prompt
     prompts = {i.id: intent_prompt(i.title, i.examples, i.answer) for i in kb.intents}
+    prompts[NEUTRAL] = neutral_prompt([i.examples[0] for i in kb.intents])
     return ModelScorer(llm, prompts, n_threads=n_threads)
 
 
@@ -264,11 +265,11 @@ class DialogueEngine:
 
 
 def build_engine(knowledge_dir, model_path=None, model_scoring=True, generation=False, budget_seconds=0.8,
-                 generation_budget=1.5, max_reply_chars=50, n_threads=2, background_reload=False):
+                 generation_budget=1.5, max_reply_chars=50, n_threads=2, background_reload=False, snapshot=None):
     """The dialogue engine over a knowledge folder, as the worker and every CLI command build it.
     The model is loaded (once per process) when it scores intents or rephrases answers."""
     from .knowledge import KnowledgeStore
-    store = KnowledgeStore(knowledge_dir)
+    store = KnowledgeStore(knowledge_dir, snapshot=snapshot)
     llm = generator = None
     if model_path and (model_scoring or generation):
         from . import model

@@ -4,7 +4,9 @@
 good knowledge base stays in use, so an admin's typo never takes the bot down.
 """
 import dataclasses
+import json
 import logging
+import os
 import re
 import threading
 import time
@@ -104,7 +106,9 @@ def load_file(path, problems):
         problems.append(f"{path}{line}: YAML syntax error: {getattr(exc, 'problem', exc)}")
         return None
     if doc is None:
-        return {}
+        # An emptied file would silently take its intents away; deleting the file says so on purpose.
+        problems.append(f"{path}:1: the file is empty (delete it to remove its intents)")
+        return None
     if not isinstance(doc, dict):
         problems.append(f"{path}:1: the file must be a mapping with 'intents:' and other keys")
         return None
@@ -232,23 +236,62 @@ def load(folder):
 
 
 class KnowledgeStore:
-    """The current knowledge base, reloaded when a file in the folder changes."""
+    """The current knowledge base, reloaded when a file in the folder changes.
 
-    def __init__(self, folder, interval=1.0, on_change=None):
+    With `snapshot` (a file under var/), every good load is saved there, and a knowledge base that is
+    broken at start-up is replaced by the last good one, with the problems logged as errors and kept
+    in `last_error`, so a typo never keeps the bot or the console from starting."""
+
+    def __init__(self, folder, interval=1.0, snapshot=None):
         self.folder = Path(folder)
         self.interval = interval
-        self.on_change = on_change
+        self.snapshot = Path(snapshot) if snapshot else None
         self._lock = threading.Lock()
         self._stamp = self._fingerprint()
-        self._kb = load(self.folder)  # the first load must succeed: no knowledge, no bot
-        self._checked = time.monotonic()
         self.last_error = None
+        try:
+            self._kb = load(self.folder)
+            self._save_snapshot()
+        except KnowledgeError as exc:
+            kb = self._load_snapshot()
+            if kb is None:
+                raise  # no knowledge and none remembered: no bot
+            self._kb, self.last_error = kb, exc
+            log.error("knowledge base broken at start-up; answering from the last good version (%d intents) "
+                      "until it is fixed: %s", len(kb.intents), exc)
+        self._checked = time.monotonic()
 
     def _fingerprint(self):
         try:
             return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in yaml_files(self.folder))
         except (KnowledgeError, OSError):
             return ()
+
+    def _save_snapshot(self):
+        if self.snapshot is None:
+            return
+        try:
+            self.snapshot.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.snapshot.with_suffix(".tmp")
+            tmp.write_text(json.dumps(dataclasses.asdict(self._kb), ensure_ascii=False))
+            os.replace(tmp, self.snapshot)
+        except OSError as exc:
+            log.warning("could not save the knowledge snapshot %s: %s", self.snapshot, exc)
+
+    def _load_snapshot(self):
+        if self.snapshot is None or not self.snapshot.is_file():
+            return None
+        try:
+            data = json.loads(self.snapshot.read_text())
+            intents = tuple(Intent(**dict(i, examples=tuple(i["examples"]), keywords=tuple(i["keywords"])))
+                            for i in data.pop("intents"))
+            for key in ("escalation_keywords", "packs"):
+                data[key] = tuple(data.get(key, ()))
+            data["synonyms"] = tuple(tuple(g) for g in data.get("synonyms", ()))
+            return KnowledgeBase(intents=intents, **data)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.error("the knowledge snapshot %s is unreadable: %s", self.snapshot, exc)
+            return None
 
     def get(self):
         now = time.monotonic()
@@ -261,9 +304,8 @@ class KnowledgeStore:
                     try:
                         self._kb = load(self.folder)
                         self.last_error = None
+                        self._save_snapshot()
                         log.info("knowledge reloaded: %d intents", len(self._kb.intents))
-                        if self.on_change:
-                            self.on_change(self._kb)
                     except KnowledgeError as exc:
                         self.last_error = exc
                         log.error("knowledge reload failed, keeping the previous version: %s", exc)
