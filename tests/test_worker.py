@@ -159,3 +159,49 @@ def test_a_worker_starts_on_the_last_good_knowledge_when_the_files_are_broken(fa
     push(client, builder, sandbox, "o_kb", text="我的快递到哪了")
     drain(w)
     assert "48小时内发货" in sandbox.sends("o_kb")[0]["text"]["content"]
+
+
+def test_messages_taken_before_a_redis_error_are_answered_after_it(fast, client, builder, sandbox):
+    """A Redis blip mid-batch left the batch's entries pending until a restart (issue 8 #2)."""
+    import redis as redis_lib
+    w = make_worker(fast, "w1")
+    for i in range(3):
+        push(client, builder, sandbox, "o_blip", text=f"我的快递到哪了{i}")
+    real_load, calls = w.conversations.load, []
+
+    def flaky(openid):
+        calls.append(openid)
+        if len(calls) == 1:
+            raise redis_lib.ConnectionError("Connection reset by peer")
+        return real_load(openid)
+
+    w.conversations.load = flaky
+    assert w.step() is None  # the error: nothing acknowledged, nothing sent
+    assert sandbox.sends("o_blip") == []
+    for _ in range(3):
+        w.step()
+    sent = sandbox.sends("o_blip")
+    assert len(sent) == 3  # each answered once
+    assert all(fast.redis.xpending(keys.inbox(s), keys.INBOX_GROUP)["pending"] == 0 for s in range(16))
+
+
+def test_a_redis_restarted_empty_gets_its_groups_back_and_no_message_is_lost(fast, client, builder, sandbox, r):
+    w = make_worker(fast, "w1")
+    r.flushall()  # Redis restarted without its data: streams, groups, leases all gone
+    push(client, builder, sandbox, "o_empty", text="我的快递到哪了")  # queued into a stream with no group
+    for _ in range(8):
+        w.step()
+        w.beat()
+    sent = sandbox.sends("o_empty")
+    assert len(sent) == 1 and "48小时内发货" in sent[0]["text"]["content"]
+
+
+def test_health_turns_red_while_the_worker_cannot_work(fast, client):
+    w = make_worker(fast, "w1")
+    assert client.get("/healthz").status_code == 200
+    w._failing_since = time.monotonic() - 10  # Redis errors for 10 s in a row
+    w.beat()
+    assert client.get("/healthz").status_code == 503
+    w._failing_since = None
+    w.beat()
+    assert client.get("/healthz").status_code == 200

@@ -39,12 +39,18 @@ class Worker:
         self.fresh = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._failing_since = None
+        self._last_balance = 0.0
 
     # -- shards and liveness --------------------------------------------------------------------
     def beat(self):
         """Renew liveness and leases; drop shards whose lease we lost."""
         ttl = max(self.cfg.lease_seconds, 2 * self.cfg.heartbeat_seconds)
-        self.redis.set(keys.worker_alive(self.name), int(time.time()), px=int(ttl * 1000))
+        if self.failing_for() > 2 * self.cfg.heartbeat_seconds:
+            # Alive but unable to work (Redis errors in a row): /healthz must say so.
+            self.redis.delete(keys.worker_alive(self.name))
+        else:
+            self.redis.set(keys.worker_alive(self.name), int(time.time()), px=int(ttl * 1000))
         with self._lock:
             for shard in list(self.owned):
                 if not self.inbox.renew_lease(shard, self.name, self.cfg.lease_seconds):
@@ -182,22 +188,49 @@ class Worker:
                 self.handle(shard, entry_id, inbound)
         return len(entries)
 
+    def failing_for(self):
+        """Seconds the main loop has been failing on Redis errors (0 when it works)."""
+        return 0.0 if self._failing_since is None else time.monotonic() - self._failing_since
+
+    def step(self):
+        """One round of the loop; after a Redis error, None (the caller waits a little)."""
+        try:
+            if time.monotonic() - self._last_balance > self.cfg.heartbeat_seconds:
+                self.balance()
+                self._last_balance = time.monotonic()
+            handled = self.run_once()
+            self._failing_since = None
+            return handled
+        except redis_lib.RedisError as exc:
+            self._recover(exc)
+            return None
+
+    def _recover(self, exc):
+        """After a Redis error: the entries this worker took but did not acknowledge are read again
+        (they would otherwise wait in the pending list until a restart), and a Redis that came back
+        empty gets the consumer groups back, reading from the start of what was queued meanwhile."""
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        with self._lock:
+            self.fresh |= self.owned
+        log.error("Redis error (%s); retrying, unacknowledged messages will be read again", exc)
+        if "NOGROUP" in str(exc):
+            try:
+                self.inbox.ensure_groups()
+                log.warning("the inbox's consumer groups were gone (Redis restarted empty?); recreated them")
+            except redis_lib.RedisError as again:
+                log.error("could not recreate the inbox's consumer groups: %s", again)
+
     def run(self):
         self.inbox.ensure_groups()
         self.beat()
         self.balance()
+        self._last_balance = time.monotonic()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         log.info("worker %s started, %d shards", self.name, len(self.owned))
-        last_balance = time.monotonic()
         while not self._stop.is_set():
-            try:
-                if time.monotonic() - last_balance > self.cfg.heartbeat_seconds:
-                    self.balance()
-                    last_balance = time.monotonic()
-                self.run_once()
-            except redis_lib.RedisError as exc:
-                log.error("Redis unavailable (%s); retrying in 1 s", exc)
-                time.sleep(1)
+            if self.step() is None:
+                self._stop.wait(1)
         try:
             with self._lock:
                 for shard in self.owned:
