@@ -156,6 +156,22 @@ def test_system_busy_is_retried(svc, sandbox, r):
     assert r.hget(keys.METRICS, 'wxkf_sends_total{api="send",errcode="-1"}') == "1"
 
 
+def test_a_send_slower_than_the_timeout_is_not_sent_again(svc, sandbox, r):
+    """WeChat answering after our timeout may still have delivered: resending gave the shopper the
+    same reply three times (issue 8 #3). Sent once, recorded as unknown, never repeated."""
+    api = WeChatAPI(svc.redis, sandbox.url, svc.config.appid, svc.config.secret, metrics=svc.metrics, timeout=0.5)
+    sender = Sender(svc.redis, api, svc.metrics)
+    shopper_writes(sender, sandbox)
+    api.token()  # fetched before WeChat slows down
+    sandbox.state.delays["/cgi-bin/message/custom/send"] = 1.2
+    assert sender.deliver("slow", OPENID, ["您好"]) == 0
+    assert sender.deliver("slow", OPENID, ["您好"]) == 0  # delivered again after a crash: still not resent
+    time.sleep(1.5)  # the sandbox finishes the slow calls it received
+    assert len(sandbox.sends(OPENID)) == 1  # one try, not three
+    assert [u["reason"] for u in undelivered(r)] == ["timeout_unknown"]
+    assert sender.remaining(OPENID) == 4  # it may have arrived: the allowance stays spent
+
+
 def test_unreachable_wechat_is_recorded_and_quota_refunded(svc, sandbox, r):
     sender = make_sender(svc, sandbox, base="http://127.0.0.1:9")
     sender.attempts = 2

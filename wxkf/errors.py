@@ -9,6 +9,7 @@
     │   └── PushTooLarge         413: body over the size limit
     └── WeChatError              a call to WeChat's API did not succeed
         ├── WeChatUnreachable    network error or HTTP 5xx (retryable)
+        │   └── WeChatTimeout    sent, but no answer in time: it may have arrived (never retried)
         └── WeChatApiError       WeChat answered with an errcode (retryable only for -1 system busy)
             ├── TokenInvalid     40001/40014/42001: refresh the token once and retry
             └── QuotaExceeded    45015/45047/45009: the window or quota rules forbid this send now
@@ -53,6 +54,12 @@ class WeChatError(WxkfError):
 
 class WeChatUnreachable(WeChatError):
     retryable = True
+
+
+class WeChatTimeout(WeChatUnreachable):
+    """The request went out and no answer came back in time: WeChat may have acted on it. Sending
+    again could give the shopper the same reply twice, so this is never retried."""
+    retryable = False
 
 
 class WeChatApiError(WeChatError):

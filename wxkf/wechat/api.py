@@ -13,7 +13,7 @@ import time
 import requests
 
 from .. import defaults, keys
-from ..errors import TokenInvalid, WeChatUnreachable, api_error
+from ..errors import TokenInvalid, WeChatTimeout, WeChatUnreachable, api_error
 
 log = logging.getLogger("wxkf.api")
 
@@ -89,6 +89,8 @@ class WeChatAPI:
                 resp = self.http.request(method, url, params=params, timeout=self.timeout,
                                          data=None if json_body is None else _json_bytes(json_body),
                                          headers={"Content-Type": "application/json; charset=utf-8"})
+        except requests.ReadTimeout:
+            raise WeChatTimeout(f"{path}: no answer within {self.timeout} s (it may have been acted on)") from None
         except requests.RequestException as exc:
             raise WeChatUnreachable(f"{path}: {type(exc).__name__}") from None
         if resp.status_code >= 500:

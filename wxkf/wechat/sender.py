@@ -9,7 +9,7 @@ import logging
 import time
 
 from .. import defaults, keys
-from ..errors import QuotaExceeded, WeChatError
+from ..errors import QuotaExceeded, WeChatError, WeChatTimeout
 from .api import WeChatAPI
 
 log = logging.getLogger("wxkf.sender")
@@ -199,6 +199,14 @@ class Sender:
         except QuotaExceeded as exc:
             self._sync_quota(openid, exc.errcode)
             self._undelivered(push_id, openid, pending, f"errcode_{exc.errcode}")
+            return False
+        except WeChatTimeout as exc:
+            # Outcome unknown: the shopper may have it. Never sent again (not now, not on redelivery),
+            # the allowance stays spent, and it is recorded as what it is for agents to check.
+            self.redis.hset(keys.sent(push_id), field, "unknown")
+            self.redis.expire(keys.sent(push_id), defaults.IDEMPOTENCY_TTL)
+            self._undelivered(push_id, openid, pending, "timeout_unknown")
+            log.error("send to %s timed out; it may or may not have arrived, not resending: %s", openid, exc)
             return False
         except WeChatError as exc:
             self.redis.hincrby(keys.quota(openid), "used", -1)
