@@ -153,6 +153,7 @@ class TradeReport:
             "answered_right": self.rate("in_right", "in"),
             "wrong_answer": self.rate("in_wrong", "in"),
             "suggest_or_fallback": self.rate("in_soft", "in"),
+            "right_or_offered": self.rate("in_offered", "in"),
             "top1": self.rate("in_top1", "in"),
             "out_of_scope": self.counts["oos"],
             "oos_answered": self.rate("oos_answered", "oos"),
@@ -218,6 +219,7 @@ def evaluate_engine(name, cases, engine, top1=None):
             rep.counts["in_right"] += right
             rep.counts["in_wrong"] += bool(answered) and not right
             rep.counts["in_soft"] += not answered and not escalated
+            rep.counts["in_offered"] += right or (not answered and label in d.suggestions)
             rep.counts["ordinary_escalated"] += escalated
             if top1 is not None:
                 rep.counts["in_top1"] += top1(text) == label
@@ -236,6 +238,7 @@ def trade_folders(root):
 
 
 COLUMNS = (("answered_right", "right"), ("wrong_answer", "wrong"), ("suggest_or_fallback", "sugg/fb"),
+           ("right_or_offered", "offered"),
            ("top1", "top-1"), ("oos_answered", "oos ans"), ("escalation_recall", "esc rec"),
            ("lookalikes_escalated", "look esc"), ("ordinary_escalated", "ord esc"),
            ("multi_both", "multi"), ("follow_right", "follow"))
