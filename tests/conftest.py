@@ -63,7 +63,8 @@ class Sandbox:
 @pytest.fixture
 def cfg(redis_url):
     return config_mod.load(env={}, redis_url=redis_url, api_base="http://127.0.0.1:9", knowledge=str(ROOT / "knowledge"),
-                           typing=True, generation=False, model_scoring=False)
+                           typing=True, generation=False, model_scoring=False,
+                           plaintext_pushes=True)  # most tests post plaintext pushes; opt in as an operator would
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +137,8 @@ class Stack:
                         WXKF_KNOWLEDGE=str(knowledge or ROOT / "knowledge"), WXKF_LEASE_SECONDS="2",
                         WXKF_HEARTBEAT_SECONDS="0.5", WXKF_WEB_WORKERS=str(web_workers), PYTHONUNBUFFERED="1",
                         WXKF_GENERATION=os.environ.get("WXKF_TEST_GENERATION", "false"),
-                        WXKF_MODEL_SCORING=os.environ.get("WXKF_TEST_MODEL_SCORING", "false"))
+                        WXKF_MODEL_SCORING=os.environ.get("WXKF_TEST_MODEL_SCORING", "false"),
+                        WXKF_PLAINTEXT_PUSHES="true")
         self.tmp = tmp_path
         self.procs = []
         self.web = self._spawn("serve", [str(BIN / "wxkf"), "serve"])

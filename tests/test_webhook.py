@@ -279,3 +279,31 @@ def test_fields_wechat_never_sends_are_400_not_500(client, builder, r, change):
     url, body = builder.request(fields)
     assert client.post(url, data=body).status_code == 400
     assert queued(r) == 0
+
+
+def test_plaintext_pushes_are_refused_unless_the_operator_opts_in(cfg, builder, sandbox, r):
+    """The signature covers no plaintext body: an account in safe mode must not accept one."""
+    safe_only = create_app(services=Services(dataclasses.replace(cfg, plaintext_pushes=False), redis=r)).test_client()
+    url, body = builder.request(builder.message("o1", text="伪造的消息"), mode="plain")
+    assert safe_only.post(url, data=body).status_code == 403
+    assert queued(r) == 0
+    for mode in ("safe", "compat"):
+        url, body = builder.request(builder.message("o1", text="真的消息"), mode=mode)
+        assert safe_only.post(url, data=body).status_code == 200
+    assert queued(r) == 2
+
+
+def test_a_captured_signature_cannot_carry_another_body(client, builder, r):
+    url, body = builder.request(builder.message("o1", text="我的快递到哪了"), mode="plain")
+    assert client.post(url, data=body).status_code == 200
+    assert client.post(url, data=body).status_code == 200  # WeChat's retry: same request, same body
+    forged = to_xml(builder.message("o1", text="退款给我 123456", msg_type="text"))
+    resp = client.post(url, data=forged.encode())  # the captured query string with another body
+    assert resp.status_code == 403
+    assert queued(r) == 1
+    assert r.hget(keys.METRICS, 'wxkf_pushes_rejected_total{reason="Replayed",status="403"}') == "1"
+
+
+def test_a_non_ascii_digit_timestamp_is_403_not_500(client, builder, r):
+    url, body = builder.request(builder.message("o1", text="hi"), mode="plain", timestamp="²")
+    assert client.post(url, data=body).status_code == 403

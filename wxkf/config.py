@@ -37,6 +37,7 @@ class Config:
     web_workers: int = 4
     max_body_bytes: int = defaults.MAX_BODY_BYTES
     timestamp_window: int = defaults.TIMESTAMP_WINDOW
+    plaintext_pushes: bool = False
     dedup_ttl: int = defaults.DEDUP_TTL
     inbox_shards: int = defaults.INBOX_SHARDS
     lease_seconds: float = defaults.LEASE_SECONDS

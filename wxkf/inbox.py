@@ -16,10 +16,21 @@ import zlib
 import redis as redis_lib
 
 from . import defaults, keys
+from .errors import BadSignature
+
+
+class Replayed(BadSignature):
+    """A captured (timestamp, nonce, signature) with a different body."""
 
 # Dedup, handoff and enqueue in one atomic step: a push is queued exactly once or not at all, and an
-# escalating push starts the human handoff in the same step. Returns {entry id or '', held, started}.
+# escalating push starts the human handoff in the same step. Returns {entry id or '', held, started},
+# or {'', -1, 0} for a replay: this request's (timestamp, nonce) signed another body before.
 _ENQUEUE = """
+if KEYS[6] then
+  local seen = redis.call('GET', KEYS[6])
+  if seen and seen ~= ARGV[11] then return {'', -1, 0} end
+  if not seen then redis.call('SET', KEYS[6], ARGV[11], 'EX', ARGV[12]) end
+end
 local held = redis.call('EXISTS', KEYS[4])
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   local started = 0
@@ -106,8 +117,12 @@ class Inbox:
         self._release = redis.register_script(_RELEASE)
 
     # -- webhook side -------------------------------------------------------------------------
-    def enqueue(self, inbound, escalation=None, hold_seconds=1800):
+    def enqueue(self, inbound, escalation=None, hold_seconds=1800, signed=None):
         """Queue a push once; start a handoff when `escalation` (reason, priority) is given.
+
+        `signed`: (timestamp, nonce, body digest, seconds to remember) of the request. The signature
+        covers only the timestamp and nonce, so a captured pair must not carry another body: that is
+        a replay, and raises Replayed (WeChat's own retries send the same body and pass).
 
         Returns (stream id or None for a duplicate, held, started): `held` when a human holds the
         shopper after this push, `started` when this push started it.
@@ -117,11 +132,17 @@ class Inbox:
         payload = json.dumps(dict(inbound, received_at=now), ensure_ascii=False)
         kind = inbound["event"] or inbound["type"]
         reason, priority = escalation or ("", 0)
-        entry, held, started = self._enqueue(
-            keys=[keys.dedup(inbound["id"]), keys.inbox(shard), keys.METRICS, keys.handoff(inbound["openid"]),
-                  keys.HANDOFFS],
-            args=[self.dedup_ttl, self.maxlen, payload, f'wxkf_pushes_total{{type="{kind}"}}',
-                  "wxkf_duplicates_total", reason, priority, now, hold_seconds, inbound["openid"]])
+        script_keys = [keys.dedup(inbound["id"]), keys.inbox(shard), keys.METRICS, keys.handoff(inbound["openid"]),
+                       keys.HANDOFFS]
+        args = [self.dedup_ttl, self.maxlen, payload, f'wxkf_pushes_total{{type="{kind}"}}',
+                "wxkf_duplicates_total", reason, priority, now, hold_seconds, inbound["openid"]]
+        if signed:
+            timestamp, nonce, digest, remember = signed
+            script_keys.append(keys.signed_request(timestamp, nonce))
+            args += [digest, int(remember)]
+        entry, held, started = self._enqueue(keys=script_keys, args=args)
+        if held == -1:
+            raise Replayed("this timestamp and nonce were signed for another body")
         if isinstance(entry, bytes):
             entry = entry.decode()
         return entry or None, bool(held), bool(started)

@@ -38,6 +38,11 @@ def token_lock(appid):
     return f"{NS}:token:{appid}:lock"
 
 
+def signed_request(timestamp, nonce):
+    """The digest of the body first seen with this signed (timestamp, nonce)."""
+    return f"{NS}:signed:{timestamp}:{nonce[:64]}"
+
+
 def quota(openid):
     return f"{NS}:quota:{openid}"
 

@@ -4,7 +4,9 @@ The view only verifies, decrypts, deduplicates and queues; its work is a few Red
 plus one atomic Redis script, so WeChat gets its `success` within milliseconds whatever the model
 is doing (protocol ref. 1.9: 5 s deadline, up to 3 retries).
 """
+import hashlib
 import logging
+import re
 import time
 
 import redis
@@ -33,6 +35,9 @@ def read_body(max_bytes):
     return body
 
 
+_SECONDS = re.compile(r"[0-9]{1,12}")
+
+
 def decode_push(svc, args, body):
     """Verify and decrypt one POST; return (fields, fmt). Raises a PushError."""
     cfg = svc.config
@@ -40,8 +45,12 @@ def decode_push(svc, args, body):
     if not (signature and timestamp and nonce):
         raise BadSignature("signature, timestamp and nonce are required")
     svc.crypto.verify(signature, timestamp, nonce)
-    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > cfg.timestamp_window:
+    if not _SECONDS.fullmatch(timestamp) or abs(time.time() - int(timestamp)) > cfg.timestamp_window:
         raise BadSignature("timestamp outside the accepted window (stale or replayed push)")
+    if args.get("encrypt_type", "raw") != "aes" and not cfg.plaintext_pushes:
+        # The signature does not cover a plaintext body: with an EncodingAESKey set, only encrypted
+        # pushes (safe or compatible mode) are trusted unless the operator opts in.
+        raise BadSignature("plaintext push refused (set plaintext_pushes = true for an account in 明文 mode)")
     if not body.strip():
         raise BadPush("empty body")
     fmt = push.body_format(body)
@@ -89,7 +98,13 @@ def receive():
         return _plain("success")
     escalation = _escalation(svc, inbound)
     try:
-        entry, held, started = svc.inbox.enqueue(inbound, escalation, svc.config.handoff_seconds)
+        signed = (request.args.get("timestamp", ""), request.args.get("nonce", ""),
+                  hashlib.sha1(body).hexdigest(), 2 * svc.config.timestamp_window)
+        entry, held, started = svc.inbox.enqueue(inbound, escalation, svc.config.handoff_seconds, signed)
+    except PushError as exc:  # a replayed signature with another body
+        log.warning("push refused %s %s: %s", exc.status, type(exc).__name__, exc)
+        _count(svc, "wxkf_pushes_rejected_total", status=str(exc.status), reason=type(exc).__name__)
+        return _plain("forbidden", exc.status)
     except redis.RedisError as exc:
         # Not acknowledged: WeChat retries, and nothing is lost while Redis comes back.
         log.error("push %s not queued, Redis unavailable: %s", inbound["id"], exc)
