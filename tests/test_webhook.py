@@ -307,3 +307,17 @@ def test_a_captured_signature_cannot_carry_another_body(client, builder, r):
 def test_a_non_ascii_digit_timestamp_is_403_not_500(client, builder, r):
     url, body = builder.request(builder.message("o1", text="hi"), mode="plain", timestamp="²")
     assert client.post(url, data=body).status_code == 403
+
+
+@pytest.mark.parametrize("body", [
+    b"<xml>" + b"<a>" * 5000 + b"x" + b"</a>" * 5000 + b"</xml>",
+    b'{"a":' * 40000 + b"1" + b"}" * 40000,  # under the body limit
+    ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "' + "A" * 700 + '">]>'
+     '<xml><ToUserName>&a;&a;&a;</ToUserName></xml>').encode("utf-16"),
+    '<?xml version="1.0" encoding="gbk"?><xml><MsgType>text</MsgType></xml>'.encode("gbk"),
+], ids=["xml-5000-deep", "json-40000-deep", "utf16-doctype-entities", "gbk"])
+def test_deep_nesting_and_other_encodings_are_400_not_500(client, builder, r, body):
+    url, _ = _signed(builder, b"")
+    resp = client.post(url, data=body)
+    assert resp.status_code == 400
+    assert queued(r) == 0

@@ -29,14 +29,24 @@ def body_format(body):
     raise BadPush("body is neither XML nor JSON")
 
 
+MAX_DEPTH = 8
+"""Deepest nesting accepted: WeChat's pushes are flat (TransInfo is the deepest, at 3)."""
+
 def parse_document(body, fmt):
-    """Bytes or str -> flat dict of the push's fields. No DTDs or entities (XXE, billion laughs)."""
+    """Bytes or str -> flat dict of the push's fields. No DTDs or entities (XXE, billion laughs), no
+    encoding but UTF-8 (a DTD in UTF-16 would slip past a byte search), no deep nesting."""
     if isinstance(body, str):
         body = body.encode("utf-8")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadPush("push is not UTF-8") from None
     if fmt == "json":
+        if _too_deep_json(body):
+            raise BadPush(f"JSON nested deeper than {MAX_DEPTH}")
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadPush("malformed JSON") from None
         if not isinstance(doc, dict):
             raise BadPush("JSON push is not an object")
@@ -45,13 +55,49 @@ def parse_document(body, fmt):
     # (billion laughs), whatever the parser would do with them.
     if _DOCTYPE.search(body):
         raise BadPush("XML with DTD or entity declarations is refused")
+    if re.search(rb"<\?xml[^>]*encoding\s*=\s*[\"'](?!utf-?8)", body, re.IGNORECASE):
+        raise BadPush("XML push declares an encoding other than UTF-8")
     try:
         root = fromstring(body, parser=XMLParser())
-    except (ParseError, ValueError):
+    except (ParseError, ValueError, RecursionError):
         raise BadPush("malformed XML") from None
     if root.tag != "xml":
         raise BadPush("XML push has no <xml> root")
+    if _too_deep_xml(root):
+        raise BadPush(f"XML nested deeper than {MAX_DEPTH}")
     return _element_fields(root)
+
+
+def _too_deep_json(body):
+    """Bracket depth outside strings, counted without recursion (json.loads would recurse)."""
+    depth, in_string, escaped = 0, False, False
+    for b in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:
+                escaped = True
+            elif b == 0x22:
+                in_string = False
+        elif b == 0x22:
+            in_string = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def _too_deep_xml(root):
+    stack = [(root, 1)]
+    while stack:
+        element, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in element)
+    return False
 
 
 def _element_fields(element):
