@@ -84,7 +84,7 @@ def test_a_crashed_workers_message_is_taken_over_and_answered_once(fast, client,
     push(client, builder, sandbox, "o_crash", text="发票怎么开")
     taken = fast.inbox.read(sorted(dead.owned), "dead", block_ms=50)
     assert len(taken) == 1  # the dead worker held it and never acknowledged: it "crashed" here
-    r.delete(keys.worker_alive("dead"))
+    r.zrem(keys.WORKERS, "dead")
     time.sleep(1.2)  # its leases expire
     heir = make_worker(fast, "heir")
     assert heir.owned  # took over the dead worker's shards

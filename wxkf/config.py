@@ -38,6 +38,7 @@ class Config:
     max_body_bytes: int = defaults.MAX_BODY_BYTES
     timestamp_window: int = defaults.TIMESTAMP_WINDOW
     plaintext_pushes: bool = False
+    ops_token: str = ""
     dedup_ttl: int = defaults.DEDUP_TTL
     inbox_shards: int = defaults.INBOX_SHARDS
     lease_seconds: float = defaults.LEASE_SECONDS
@@ -99,7 +100,7 @@ DEMO = {"token": "wxkfdemotoken", "aes_key": "abcdefghijklmnopqrstuvwxyz01234567
         "appid": "wxdemo0000000000", "secret": "demosecret"}
 """The demo credentials published in conf/wxkf.toml: only ever valid against the local sandbox."""
 
-SECRET_KEYS = {"token", "aes_key", "secret", "kf_secret", "kf_token", "kf_aes_key", "console_secret"}
+SECRET_KEYS = {"ops_token", "token", "aes_key", "secret", "kf_secret", "kf_token", "kf_aes_key", "console_secret"}
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 

@@ -21,9 +21,6 @@ LEASE_SECONDS = 15
 HEARTBEAT_SECONDS = 3
 """Seconds between a worker's lease renewals and liveness beats."""
 
-WORKER_ALIVE_TTL = 15
-"""Seconds a worker's liveness key lives; /healthz reports workers whose key exists."""
-
 IDEMPOTENCY_TTL = 7 * 86400
 """Seconds the per-message "already sent" record is kept."""
 

@@ -18,11 +18,9 @@ def shard_lease(shard):
     return f"{NS}:lease:{shard}"
 
 
-def worker_alive(name):
-    return f"{NS}:worker:{name}"
-
-
-WORKER_ALIVE_PATTERN = f"{NS}:worker:*"
+WORKERS = f"{NS}:workers"
+"""Sorted set: worker name -> the time (s) its liveness expires. /healthz reads it with one range
+query, never a scan of the keyspace."""
 
 
 def sent(push_id):

@@ -1,20 +1,46 @@
 """`/healthz` and `/metrics` for operators."""
+import hmac
 import time
 
 import redis
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
 from . import keys
 
 bp = Blueprint("ops", __name__)
 
 
-def alive_workers(r):
-    return sorted(k.split(":", 2)[2] for k in r.scan_iter(keys.WORKER_ALIVE_PATTERN, count=100))
+def alive_workers(r, now=None):
+    """Names of the workers whose liveness has not expired: one range query on a small sorted set."""
+    return sorted(r.zrangebyscore(keys.WORKERS, now or time.time(), "+inf"))
+
+
+def beat(r, name, seconds, now=None):
+    """Mark `name` alive for `seconds`; forget workers that expired long ago."""
+    now = now or time.time()
+    pipe = r.pipeline(transaction=False)
+    pipe.zadd(keys.WORKERS, {name: now + seconds})
+    pipe.zremrangebyscore(keys.WORKERS, "-inf", now - 3600)
+    pipe.execute()
+
+
+def gone(r, name):
+    r.zrem(keys.WORKERS, name)
+
+
+def _authorized():
+    """With `ops_token` set, /healthz and /metrics answer only `Authorization: Bearer <token>`."""
+    token = current_app.extensions["wxkf"].config.ops_token
+    if not token:
+        return True
+    given = request.headers.get("Authorization", "")
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
 
 @bp.get("/healthz")
 def healthz():
+    if not _authorized():
+        return jsonify(ok=False, problem="unauthorized"), 401
     svc = current_app.extensions["wxkf"]
     try:
         started = time.perf_counter()
@@ -34,6 +60,8 @@ def healthz():
 
 @bp.get("/metrics")
 def metrics():
+    if not _authorized():
+        return "unauthorized\n", 401, {"Content-Type": "text/plain"}
     svc = current_app.extensions["wxkf"]
     try:
         depth, age = svc.inbox.stats()

@@ -18,6 +18,7 @@ import redis as redis_lib
 from . import keys
 from .dialogue.decision import Action, Decision, Message
 from .errors import WeChatError
+from . import ops
 from .ops import alive_workers
 from .wechat.push import MESSAGE_TYPES
 
@@ -48,9 +49,9 @@ class Worker:
         ttl = max(self.cfg.lease_seconds, 2 * self.cfg.heartbeat_seconds)
         if self.failing_for() > 2 * self.cfg.heartbeat_seconds:
             # Alive but unable to work (Redis errors in a row): /healthz must say so.
-            self.redis.delete(keys.worker_alive(self.name))
+            ops.gone(self.redis, self.name)
         else:
-            self.redis.set(keys.worker_alive(self.name), int(time.time()), px=int(ttl * 1000))
+            ops.beat(self.redis, self.name, ttl)
         with self._lock:
             for shard in list(self.owned):
                 if not self.inbox.renew_lease(shard, self.name, self.cfg.lease_seconds):
@@ -235,7 +236,7 @@ class Worker:
             with self._lock:
                 for shard in self.owned:
                     self.inbox.release_lease(shard, self.name)
-            self.redis.delete(keys.worker_alive(self.name))
+            ops.gone(self.redis, self.name)
         except redis_lib.RedisError as exc:
             log.warning("could not release shard leases (%s); they expire in %ss", exc, self.cfg.lease_seconds)
         log.info("worker %s stopped", self.name)
