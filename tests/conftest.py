@@ -142,14 +142,15 @@ class Stack:
         self.tmp = tmp_path
         self.procs = []
         self.web = self._spawn("serve", [str(BIN / "wxkf"), "serve"])
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while True:
             try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code in (200, 503):
+                if requests.get(self.url + "/healthz", timeout=5).status_code in (200, 503):
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or slow on a loaded machine
                 pass
             if time.monotonic() > deadline or self.web.poll() is not None:
+                self.stop()  # no gunicorn left behind by a failed start
                 raise RuntimeError("gunicorn did not start: " + (tmp_path / "serve.log").read_text()[-2000:])
             time.sleep(0.1)
 
@@ -163,11 +164,14 @@ class Stack:
     def start_worker(self, name="worker"):
         return self._spawn(name, [str(BIN / "wxkf"), "worker"])
 
-    def wait_healthy(self, timeout=20):
+    def wait_healthy(self, timeout=30):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
-                return
+            try:
+                if requests.get(self.url + "/healthz", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
             time.sleep(0.1)
         raise AssertionError("stack never became healthy")
 
