@@ -209,6 +209,11 @@ class DialogueEngine:
                                   answered=(ids[0],))
                 return Decision(Action.REPLY, d.text, source="knowledge", intent=ids[0], answered=(ids[0],),
                                 confidence=sure[0][0].confidence, suggestions=d.suggestions)
+        if not ids:
+            # Neither is sure: each question's best guess, numbered, so both topics are on offer.
+            tops = list({r[0].intent_id: r[0] for r in readings if r[0].confidence >= SUGGEST_AT}.values())
+            if len(tops) >= 2:
+                return self._suggest(tops[:3], kb, tops[0], tops[1].intent_id)
         return None
 
     def _read_in_context(self, text, conversation, u):

@@ -203,8 +203,8 @@ def evaluate_engine(name, cases, engine, top1=None):
             ids = arg.split("+")
             rep.counts["multi"] += 1
             both = all(i in answered for i in ids)
-            main = bool(answered) and answered[0] in ids and (
-                both or any(i in d.suggestions for i in ids if i not in answered))
+            offered = set(answered) | set(d.suggestions)
+            main = both or all(i in offered for i in ids)
             rep.counts["multi_both"] += both
             rep.counts["multi_main"] += main or both
             ok = both
@@ -241,7 +241,7 @@ COLUMNS = (("answered_right", "right"), ("wrong_answer", "wrong"), ("suggest_or_
            ("right_or_offered", "offered"),
            ("top1", "top-1"), ("oos_answered", "oos ans"), ("escalation_recall", "esc rec"),
            ("lookalikes_escalated", "look esc"), ("ordinary_escalated", "ord esc"),
-           ("multi_both", "multi"), ("follow_right", "follow"))
+           ("multi_both", "multi"), ("multi_main", "multi+s"), ("follow_right", "follow"))
 
 
 def format_trades(reports, show_misses=False):
