@@ -240,3 +240,20 @@ def test_the_console_opens_with_a_broken_knowledge_base_and_says_what_is_wrong(s
     html = page.get_data(as_text=True)
     assert "上一个正确的版本" in html and "orders.yaml:" in html and str(kb) not in html
     assert client.get("/console/").status_code == 200
+
+
+@pytest.mark.parametrize("nxt", ["/console/\nSet-Cookie: x=1", "//evil.example/console/", "https://evil.example/",
+                                 "/console/../../etc"])
+def test_login_never_redirects_to_an_unsafe_next(client, accounts, nxt):
+    token = csrf(client)
+    resp = client.post("/console/login?next=" + __import__("urllib.parse").parse.quote(nxt),
+                       data={"name": "alice", "password": "correct horse", "csrf_token": token})
+    assert resp.status_code == 302
+    assert resp.headers["Location"] in ("/console/", "http://localhost/console/")
+
+
+def test_rollback_of_a_malformed_version_is_a_message_not_a_500(client, accounts):
+    login(client, "root", "battery staple")
+    token = csrf(client, "/console/kb")
+    resp = client.post("/console/kb/rollback/abc", data={"csrf_token": token})
+    assert resp.status_code in (302, 400)

@@ -2,6 +2,7 @@
 import functools
 import hmac
 import os
+import re
 import secrets
 import time
 import uuid
@@ -12,6 +13,9 @@ from flask import (Blueprint, abort, current_app, flash, g, jsonify, redirect, r
 from .. import keys
 from ..errors import WeChatError
 from .accounts import Accounts
+
+_SAFE_NEXT = re.compile(r"/console/[A-Za-z0-9_./%-]*")
+"""Where a login may send the user on: console paths only, no newline, no scheme, no '//'."""
 
 bp = Blueprint("console", __name__, url_prefix="/console")
 
@@ -82,7 +86,7 @@ def login():
             session.permanent = True
             acc.audit(user["name"], "login")
             nxt = request.args.get("next", "")
-            return redirect(nxt if nxt.startswith("/console/") else url_for("console.queue"))
+            return redirect(nxt if _SAFE_NEXT.fullmatch(nxt) and ".." not in nxt else url_for("console.queue"))
         error = "用户名或密码错误。"
     return render_template("login.html", error=error), (401 if error else 200)
 

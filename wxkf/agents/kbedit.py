@@ -143,6 +143,8 @@ class KnowledgeEditor:
 
     def rollback(self, version_id, who):
         """Put the file back as it was before `version_id` (validated; itself a new version)."""
+        if not re.fullmatch(r"[0-9]{1,20}-[0-9]{1,20}", version_id or ""):
+            raise KnowledgeError([f"no version {version_id!r}"])
         rows = self.redis.xrange(keys.KB_VERSIONS, version_id, version_id)
         if not rows:
             raise KnowledgeError([f"no version {version_id!r}"])
