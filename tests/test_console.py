@@ -257,3 +257,67 @@ def test_rollback_of_a_malformed_version_is_a_message_not_a_500(client, accounts
     token = csrf(client, "/console/kb")
     resp = client.post("/console/kb/rollback/abc", data={"csrf_token": token})
     assert resp.status_code in (302, 400)
+
+
+def test_a_huge_username_leaves_only_a_small_key(client, accounts, r):
+    token = csrf(client)
+    client.post("/console/login", data={"name": "x" * 400_000, "password": "p", "csrf_token": token})
+    names = r.keys("wxkf:loginfail:*")
+    assert names and all(len(k) < 100 for k in names)
+    assert all(len(v) < 100 for v in (r.get(k) for k in names))
+
+
+def test_parallel_guesses_check_at_most_five_passwords(svc, accounts, monkeypatch):
+    import threading
+    from wxkf.agents import accounts as accounts_mod
+    checked, lock = [], threading.Lock()
+    real = accounts_mod.check_password_hash
+
+    def counting(h, p):
+        with lock:
+            checked.append(p)
+        return real(h, p)
+
+    monkeypatch.setattr(accounts_mod, "check_password_hash", counting)
+    threads = [threading.Thread(target=accounts.login, args=("alice", f"guess{i}", "9.9.9.9")) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(checked) <= 5
+    assert accounts.login("alice", "correct horse", "9.9.9.9") is None  # locked for this address
+
+
+def test_unknown_names_cost_a_password_check_too(accounts, monkeypatch):
+    from wxkf.agents import accounts as accounts_mod
+    checked = []
+    real = accounts_mod.check_password_hash
+    monkeypatch.setattr(accounts_mod, "check_password_hash", lambda h, p: checked.append(p) or real(h, p))
+    assert accounts.login("nobody", "whatever1", "1.2.3.4") is None
+    assert accounts.login("alice", "whatever1", "1.2.3.4") is None
+    assert len(checked) == 2  # same work whether the name exists or not
+
+
+def test_logout_revokes_the_session_cookie(client, accounts):
+    login(client)
+    assert client.get("/console/").status_code == 200
+    cookie = client.get_cookie("wxkf_session").value
+    client.post("/console/logout", data={"csrf_token": csrf(client, "/console/")})
+    client.set_cookie("wxkf_session", cookie)  # the old cookie, replayed
+    resp = client.get("/console/")
+    assert resp.status_code == 302 and "/console/login" in resp.headers["Location"]
+
+
+def test_behind_a_trusted_proxy_one_clients_failures_do_not_lock_out_another(cfg, r, sandbox, accounts):
+    import dataclasses
+    from wxkf import create_app
+    from wxkf.services import Services
+    c = create_app(services=Services(dataclasses.replace(cfg, trusted_proxies=1), redis=r)).test_client()
+    for _ in range(6):
+        token = csrf(c)
+        c.post("/console/login", data={"name": "alice", "password": "wrong pass", "csrf_token": token},
+               headers={"X-Forwarded-For": "1.1.1.1"}, environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    token = csrf(c)
+    ok = c.post("/console/login", data={"name": "alice", "password": "correct horse", "csrf_token": token},
+                headers={"X-Forwarded-For": "2.2.2.2"}, environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    assert ok.status_code == 302

@@ -18,6 +18,12 @@ def create_app(config=None, services=None):
     app.register_blueprint(webhook.bp)
     app.register_blueprint(ops.bp)
     console.init_app(app, svc.config)
+    if svc.config.trusted_proxies:
+        # Behind nginx every request comes from the proxy: take the client's address from the last
+        # `trusted_proxies` X-Forwarded-For hops (werkzeug's ProxyFix), never from an untrusted one.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        n = svc.config.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=0)
 
     @app.errorhandler(Exception)
     def _unexpected(exc):

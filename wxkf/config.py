@@ -39,6 +39,7 @@ class Config:
     timestamp_window: int = defaults.TIMESTAMP_WINDOW
     plaintext_pushes: bool = False
     ops_token: str = ""
+    trusted_proxies: int = 0
     dedup_ttl: int = defaults.DEDUP_TTL
     inbox_shards: int = defaults.INBOX_SHARDS
     lease_seconds: float = defaults.LEASE_SECONDS
@@ -100,6 +101,9 @@ DEMO = {"token": "wxkfdemotoken", "aes_key": "abcdefghijklmnopqrstuvwxyz01234567
         "appid": "wxdemo0000000000", "secret": "demosecret"}
 """The demo credentials published in conf/wxkf.toml: only ever valid against the local sandbox."""
 
+ZERO_OK = {"trusted_proxies"}
+"""Numeric keys for which 0 is meaningful."""
+
 SECRET_KEYS = {"ops_token", "token", "aes_key", "secret", "kf_secret", "kf_token", "kf_aes_key", "console_secret"}
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
@@ -121,7 +125,7 @@ def _coerce(name, raw, problems):
         except (TypeError, ValueError):
             problems.append(f"{name}: expected a number, got {raw!r}")
             return None
-        if value <= 0:
+        if value < 0 or (value == 0 and name not in ZERO_OK):
             problems.append(f"{name}: must be positive, got {raw!r}")
             return None
         return value

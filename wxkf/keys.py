@@ -76,8 +76,14 @@ def user(name):
     return f"{NS}:user:{name}"
 
 
-def login_failures(name, address):
-    return f"{NS}:loginfail:{name}:{address}"
+def login_failures(digest):
+    """Failed logins of one (name, address), keyed by a fixed-size digest of both."""
+    return f"{NS}:loginfail:{digest}"
+
+
+def console_session(sid):
+    """A console login: the account name, until logout or expiry."""
+    return f"{NS}:csession:{sid}"
 
 
 AUDIT = f"{NS}:audit"

@@ -1,6 +1,8 @@
 """Agent and admin accounts, login throttling and the audit log, all in Redis."""
+import hashlib
 import json
 import re
+import secrets
 import time
 from enum import Enum
 
@@ -13,6 +15,17 @@ NAME_RE = re.compile(r"[A-Za-z0-9_.-]{2,32}")
 MAX_FAILURES = 5
 """Failed logins per account and address before a 15-minute lock."""
 LOCK_SECONDS = 15 * 60
+SESSION_SECONDS = 12 * 3600
+"""How long a console login lasts; logout ends it at once (the session id is revoked server-side)."""
+
+# Checked against when the name is unknown, so the response time does not tell which names exist.
+_DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
+
+
+def _failures_key(name, address):
+    """Fixed-size key whatever the typed name: a 400 KB name must not become a 400 KB key."""
+    digest = hashlib.sha256(f"{name}\0{address}".encode("utf-8", "replace")).hexdigest()[:32]
+    return keys.login_failures(digest)
 
 
 class Role(str, Enum):
@@ -46,21 +59,40 @@ class Accounts:
         return {"name": name, "role": data["role"]} if data.get("role") else None
 
     def locked(self, name, address):
-        return int(self.redis.get(keys.login_failures(name, address)) or 0) >= MAX_FAILURES
+        return int(self.redis.get(_failures_key(name, address)) or 0) >= MAX_FAILURES
 
     def login(self, name, password, address):
-        """The account when the password is right; None otherwise (and the failure is counted)."""
-        if self.locked(name, address):
+        """The account when the password is right; None otherwise.
+
+        Each attempt is counted before the password is checked (INCR, atomic), so parallel tries
+        cannot slip past the limit; a success clears the count. Unknown names are checked against a
+        dummy hash, so timing does not reveal which names exist."""
+        key = _failures_key(name, address)
+        pipe = self.redis.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, LOCK_SECONDS)
+        attempts = pipe.execute()[0]
+        if attempts > MAX_FAILURES:
             return None
         data = self.redis.hgetall(keys.user(name)) if NAME_RE.fullmatch(name or "") else {}
-        if data.get("pw") and check_password_hash(data["pw"], password or ""):
-            self.redis.delete(keys.login_failures(name, address))
+        ok = check_password_hash(data.get("pw") or _DUMMY_HASH, (password or "")[:1024])
+        if ok and data.get("pw"):
+            self.redis.delete(key)
             return {"name": name, "role": data["role"]}
-        pipe = self.redis.pipeline()
-        pipe.incr(keys.login_failures(name, address))
-        pipe.expire(keys.login_failures(name, address), LOCK_SECONDS)
-        pipe.execute()
         return None
+
+    def open_session(self, name):
+        """A server-side session id for `name`: the cookie carries it, logout revokes it."""
+        sid = secrets.token_urlsafe(24)
+        self.redis.set(keys.console_session(sid), name, ex=SESSION_SECONDS)
+        return sid
+
+    def session_user(self, sid):
+        return self.redis.get(keys.console_session(sid)) if sid else None
+
+    def close_session(self, sid):
+        if sid:
+            self.redis.delete(keys.console_session(sid))
 
     def audit(self, who, action, target="", **detail):
         self.redis.xadd(keys.AUDIT, {"who": who, "action": action, "target": target, "at": int(self.clock()),

@@ -45,7 +45,8 @@ def _guard():
     g.user = None
     name = session.get("user")
     if name:
-        g.user = accounts().get(name)
+        # The signed cookie alone is not enough: its session id must still be open (logout revokes it).
+        g.user = accounts().get(name) if accounts().session_user(session.get("sid")) == name else None
         if g.user is None:
             session.clear()
     if request.method == "POST":
@@ -83,6 +84,7 @@ def login():
         if user:
             session.clear()
             session["user"] = user["name"]
+            session["sid"] = acc.open_session(user["name"])
             session.permanent = True
             acc.audit(user["name"], "login")
             nxt = request.args.get("next", "")
@@ -93,6 +95,7 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    accounts().close_session(session.get("sid"))
     session.clear()
     return redirect(url_for("console.login"))
 
