@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from wxkf.agents.kbedit import KnowledgeEditor
+from wxkf.agents.kbedit import Conflict, KnowledgeEditor
 from wxkf.dialogue.knowledge import KnowledgeStore, load
 from wxkf.errors import KnowledgeError
 
@@ -83,3 +83,44 @@ def test_rollback_of_an_add_removes_the_new_file(editor, folder):
 def test_add_example(editor, folder):
     editor.add_example("stock", "这款还会再来货吗", who="root")
     assert "这款还会再来货吗" in load(folder).intent("stock").examples
+
+
+def test_two_admins_saving_different_intents_of_one_file_both_keep_their_edit(editor, folder):
+    import threading
+    ids = ["refund", "exchange", "invoice", "coupon", "size_advice", "stock"]
+    errors = []
+
+    def edit(intent_id):
+        try:
+            kb = load(folder)
+            i = kb.intent(intent_id)
+            editor.save({"id": i.id, "title": i.title, "examples": list(i.examples), "keywords": list(i.keywords),
+                         "answer": f"{intent_id} 的新答案"}, who=intent_id)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=edit, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    kb = load(folder)
+    assert [kb.intent(i).answer for i in ids] == [f"{i} 的新答案" for i in ids]
+
+
+def test_a_stale_form_is_a_conflict_not_a_silent_overwrite(editor, folder):
+    opened = editor.version_of("invoice")  # admin A opens the form
+    i = load(folder).intent("invoice")
+    editor.save({"id": "invoice", "title": i.title, "examples": list(i.examples), "answer": "B 的答案"}, who="b")
+    with pytest.raises(Conflict):
+        editor.save({"id": "invoice", "title": i.title, "examples": list(i.examples), "answer": "A 的旧答案"},
+                    who="a", expected=opened)
+    assert load(folder).intent("invoice").answer == "B 的答案"
+
+
+def test_new_with_an_existing_id_does_not_replace_it(editor, folder):
+    before = load(folder).intent("refund")
+    with pytest.raises(Conflict):
+        editor.save({"id": "refund", "title": "新的", "examples": ["x"], "answer": "y"}, who="a", expected="new")
+    assert load(folder).intent("refund") == before

@@ -81,6 +81,10 @@ def login_failures(digest):
     return f"{NS}:loginfail:{digest}"
 
 
+KB_LOCK = f"{NS}:kb:lock"
+"""Held while one knowledge edit reads, changes and writes a file."""
+
+
 def console_session(sid):
     """A console login: the account name, until logout or expiry."""
     return f"{NS}:csession:{sid}"

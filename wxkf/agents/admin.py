@@ -7,7 +7,7 @@ from .. import keys
 from ..dialogue.decision import Conversation, Message
 from ..errors import KnowledgeError
 from .console import accounts, admin_only, bp, svc
-from .kbedit import KnowledgeEditor
+from .kbedit import Conflict, KnowledgeEditor
 
 
 def editor():
@@ -65,22 +65,25 @@ def kb_edit(intent_id):
             "examples": "\n".join(intent.examples) if intent else request.args.get("example", ""),
             "keywords": "\n".join(intent.keywords) if intent else "",
             "answer": intent.answer if intent else request.args.get("answer", "")}
-    problems = []
+    form["version"] = editor().version_of(intent_id) if intent_id else "new"
+    problems, status = [], 200
     if request.method == "POST":
-        form = {k: request.form.get(k, "") for k in ("id", "title", "examples", "keywords", "answer")}
+        form = {k: request.form.get(k, "") for k in ("id", "title", "examples", "keywords", "answer", "version")}
         if intent_id:
             form["id"] = intent_id
         try:
             editor().save({"id": form["id"], "title": form["title"], "examples": _lines("examples"),
-                           "keywords": _lines("keywords"), "answer": form["answer"]}, who=g.user["name"])
+                           "keywords": _lines("keywords"), "answer": form["answer"]}, who=g.user["name"],
+                          expected=form["version"] or ("new" if not intent_id else None))
+        except Conflict as exc:
+            problems, status = exc.problems, 409
         except KnowledgeError as exc:
-            problems = exc.problems
+            problems, status = exc.problems, 400
         else:
             accounts().audit(g.user["name"], "kb_save", form["id"])
             flash(f"已保存「{form['id']}」，1秒内生效。")
             return redirect(url_for("console.kb_list"))
-    return render_template("kb_edit.html", form=form, problems=problems, existing=bool(intent_id)), \
-        (400 if problems else 200)
+    return render_template("kb_edit.html", form=form, problems=problems, existing=bool(intent_id)), status
 
 
 def _apply(change, action, target, done, **detail):

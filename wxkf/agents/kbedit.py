@@ -6,9 +6,12 @@ the same code as `wxkf kb check` before anything is written, the write is atomic
 rename), and every change is recorded with who/when and the file's previous text, so any version can
 be rolled back in one step. Processes pick the change up within a second (KnowledgeStore reload).
 """
+import contextlib
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -63,11 +66,42 @@ def _block(text, intent_id):
     return None
 
 
+class Conflict(KnowledgeError):
+    """The intent changed since the form was opened, or a new intent's id is taken."""
+
+
 class KnowledgeEditor:
-    def __init__(self, folder, redis, clock=time.time):
+    def __init__(self, folder, redis, clock=time.time, lock_seconds=10):
         self.folder = Path(folder)
         self.redis = redis
         self.clock = clock
+        self.lock_seconds = lock_seconds
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """One read-modify-write of the knowledge folder at a time, across every web process: two
+        admins saving different intents of one file both keep their edit."""
+        key, token = keys.KB_LOCK, secrets.token_hex(8)
+        deadline = time.monotonic() + self.lock_seconds
+        while not self.redis.set(key, token, nx=True, px=self.lock_seconds * 1000):
+            if time.monotonic() > deadline:
+                raise KnowledgeError(["另一位管理员正在保存，请稍后再试。"])
+            time.sleep(0.02)
+        try:
+            yield
+        finally:
+            self.redis.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
+                            "return 0", 1, key, token)
+
+    def version_of(self, intent_id):
+        """A fingerprint of the intent as it stands in its file ('new' when there is none): the edit
+        form carries it back, so a stale form cannot overwrite a newer edit."""
+        path = self.source_of(intent_id) if intent_id else None
+        if path is None:
+            return "new"
+        text = path.read_text(encoding="utf-8")
+        start, end, _ = _block(text, intent_id)
+        return hashlib.sha1(text[start:end].encode("utf-8")).hexdigest()[:16]
 
     def source_of(self, intent_id):
         for path in sorted(self.folder.glob("*.yaml")):
@@ -100,8 +134,20 @@ class KnowledgeEditor:
                                                   "action": action, "intent": intent_id, "at": int(self.clock())},
                                maxlen=1000, approximate=True)
 
-    def save(self, intent, who):
-        """Create or replace an intent; raise KnowledgeError (file:line problems) without writing."""
+    def save(self, intent, who, expected=None):
+        """Create or replace an intent; raise KnowledgeError (file:line problems) without writing.
+        `expected`: the version the admin's form was opened on ('new' for a new intent); a different
+        current version raises Conflict."""
+        with self._locked():
+            if expected is not None:
+                current = self.version_of((intent.get("id") or "").strip())
+                if expected == "new" and current != "new":
+                    raise Conflict([f"ID「{intent.get('id')}」已存在：请换一个 ID，或去编辑那条问题。"])
+                if expected != "new" and current != expected:
+                    raise Conflict(["这条问题在您打开之后被别人改过了：请重新打开，看过最新内容后再改。"])
+            return self._save(intent, who)
+
+    def _save(self, intent, who):
         intent = {"id": (intent.get("id") or "").strip(), "title": (intent.get("title") or "").strip(),
                   "examples": [e.strip() for e in intent.get("examples", []) if e.strip()],
                   "keywords": [k.strip() for k in intent.get("keywords", []) if k.strip()],
@@ -123,6 +169,10 @@ class KnowledgeEditor:
         return self._write(path, new_text, who, action, intent["id"])
 
     def delete(self, intent_id, who):
+        with self._locked():
+            return self._delete(intent_id, who)
+
+    def _delete(self, intent_id, who):
         path = self.source_of(intent_id)
         if path is None:
             raise KnowledgeError([f"no intent {intent_id!r}"])
@@ -131,12 +181,13 @@ class KnowledgeEditor:
         return self._write(path, text[:start] + text[end:], who, "delete", intent_id)
 
     def add_example(self, intent_id, example, who):
-        kb = load(self.folder)
-        intent = kb.intent(intent_id)
-        if intent is None:
-            raise KnowledgeError([f"no intent {intent_id!r}"])
-        return self.save({"id": intent.id, "title": intent.title, "examples": list(intent.examples) + [example],
-                          "keywords": list(intent.keywords), "answer": intent.answer}, who)
+        with self._locked():
+            kb = load(self.folder)
+            intent = kb.intent(intent_id)
+            if intent is None:
+                raise KnowledgeError([f"no intent {intent_id!r}"])
+            return self._save({"id": intent.id, "title": intent.title, "examples": list(intent.examples) + [example],
+                               "keywords": list(intent.keywords), "answer": intent.answer}, who)
 
     def history(self, count=50):
         return [dict(f, id=i) for i, f in self.redis.xrevrange(keys.KB_VERSIONS, count=count)]
@@ -148,7 +199,10 @@ class KnowledgeEditor:
         rows = self.redis.xrange(keys.KB_VERSIONS, version_id, version_id)
         if not rows:
             raise KnowledgeError([f"no version {version_id!r}"])
-        f = rows[0][1]
+        with self._locked():
+            return self._rollback(rows[0][1], who)
+
+    def _rollback(self, f, who):
         path = self.folder / f["file"]
         if not f["before"]:
             self._validate_with(path, None)
