@@ -235,20 +235,6 @@ def test_typing_shown_once_and_refusals_do_not_raise(svc, sandbox):
     assert ("/cgi-bin/message/custom/typing", 45081) in sandbox.state.calls
     assert sender.typing("o_nobody") is False  # 45080 no interaction in 30 s
 
-
-def test_image_and_mini_program_card_are_sent_once(svc, sandbox):
-    sender = make_sender(svc, sandbox)
-    shopper_writes(sender, sandbox)
-    media_id = sender.upload_image(b"\xff\xd8\xff\xe0fake-jpeg-bytes")
-    assert media_id.startswith("MEDIA_")
-    assert sender.send_one("p1", OPENID, sender.image_message(OPENID, media_id)) is True
-    assert sender.send_one("p1", OPENID, sender.image_message(OPENID, media_id)) is False
-    card = sender.card_message(OPENID, "蓝色卫衣", "pages/goods?id=42", media_id)
-    assert sender.send_one("p1", OPENID, card, index=1) is True
-    assert [m["msgtype"] for m in sandbox.sends(OPENID)] == ["image", "miniprogrampage"]
-    assert sandbox.sends(OPENID)[1]["miniprogrampage"]["pagepath"] == "pages/goods?id=42"
-
-
 def test_upload_of_a_non_image_type_is_refused_with_wechats_errcode(svc, sandbox):
     from wxkf.errors import WeChatApiError
     sender = make_sender(svc, sandbox)

@@ -50,6 +50,3 @@ EVENT_QUOTA = {"user_enter_tempsession": (1, 60), "subscribe": (3, 60), "SCAN": 
 
 TYPING_WINDOW = 30
 """Seconds after a shopper's message during which WeChat accepts a typing indicator (45080 after)."""
-
-KNOWLEDGE_RELOAD_SECONDS = 1.0
-"""Seconds between checks of the knowledge folder for changed files."""

@@ -15,7 +15,7 @@ import time
 
 import redis as redis_lib
 
-from . import keys
+from . import defaults, keys
 from .dialogue.decision import Action, Decision, Message
 from .errors import WeChatError
 from . import ops
@@ -109,7 +109,7 @@ class Worker:
                                                      priority=int(state.get("priority", 0))))
         if inbound.get("held") or handoffs.held(openid):
             return Decision(Action.SILENT, source="human")  # a human has this conversation
-        if (message.kind == "text" and time.time() - inbound["create_time"] < 30
+        if (message.kind == "text" and time.time() - inbound["create_time"] < defaults.TYPING_WINDOW
                 and not self.redis.exists(keys.sent(push_id))):
             self.sender.typing(openid)
         convo = self.conversations.load(openid)

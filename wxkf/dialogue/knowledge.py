@@ -235,6 +235,10 @@ def load(folder):
     return build(yaml_files(folder))
 
 
+RELOAD_SECONDS = 1.0
+"""Seconds between checks of the knowledge folder for changed files (an admin's save is live within it)."""
+
+
 class KnowledgeStore:
     """The current knowledge base, reloaded when a file in the folder changes.
 
@@ -242,7 +246,7 @@ class KnowledgeStore:
     broken at start-up is replaced by the last good one, with the problems logged as errors and kept
     in `last_error`, so a typo never keeps the bot or the console from starting."""
 
-    def __init__(self, folder, interval=1.0, snapshot=None):
+    def __init__(self, folder, interval=RELOAD_SECONDS, snapshot=None):
         self.folder = Path(folder)
         self.interval = interval
         self.snapshot = Path(snapshot) if snapshot else None

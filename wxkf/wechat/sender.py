@@ -216,29 +216,6 @@ class Sender:
         self.redis.expire(keys.sent(push_id), defaults.IDEMPOTENCY_TTL)
         return True
 
-    def upload_image(self, data, filename="image.jpg"):
-        """POST cgi-bin/media/upload?type=image (protocol ref. 2.3): a media_id valid for 3 days.
-        Mini Program customer service accepts images only."""
-        res = self.api.call("/cgi-bin/media/upload", params={"type": "image"},
-                            files={"media": (filename, data)})
-        return res["media_id"]
-
-    def image_message(self, openid, media_id):
-        return {"touser": openid, "msgtype": "image", "image": {"media_id": media_id}}
-
-    def card_message(self, openid, title, pagepath, thumb_media_id, appid=None):
-        """A mini-program card (miniprogrampage); `appid` is needed from an Official Account only."""
-        card = {"title": title, "pagepath": pagepath, "thumb_media_id": thumb_media_id}
-        if appid:
-            card["appid"] = appid
-        return {"touser": openid, "msgtype": "miniprogrampage", "miniprogrampage": card}
-
-    def send_one(self, push_id, openid, message, index=0):
-        """Send a prepared non-text message once per inbound message, within the shopper's window."""
-        if self.redis.hexists(keys.sent(push_id), f"msg:{index}"):
-            return False
-        return self._send_once(push_id, openid, message, f"msg:{index}", [json.dumps(message, ensure_ascii=False)])
-
     def send(self, message):
         """POST cgi-bin/message/custom/send (protocol ref. 2.1); retry what retrying can fix."""
         delay = 0.5
