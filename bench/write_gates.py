@@ -1,6 +1,8 @@
 """Record the level every trade reached as its CI gate (tests/eval/gates.json).
 
-    .venv/bin/python bench/write_gates.py [--print-only]
+    .venv/bin/python bench/write_gates.py [--print-only] [trade ...]
+
+With trade names, only those are measured again and merged into the existing gates.json.
 
 Runs each trade (development and blind) through the whole engine with the real model, as
 tests/test_trades.py does, and writes floors for the figures that must not fall and ceilings for those
@@ -30,10 +32,11 @@ RATES = {"answered_right": ("in_scope", +1), "escalation_recall": ("escalations"
 
 def main():
     llm = model.load(config_mod.load(env={}).model_path)
-    gates = {}
+    only = [a for a in sys.argv[1:] if not a.startswith("--")]
+    gates = json.loads((EVAL / "gates.json").read_text()) if only else {}
     for kind in ("trades", "blind"):
         for folder in sorted((EVAL / kind).iterdir()):
-            if not (folder / "cases.tsv").exists():
+            if not (folder / "cases.tsv").exists() or (only and folder.name not in only):
                 continue
             engine = DialogueEngine(KnowledgeStore(folder / "knowledge"), llm=llm).warm_up()
             f = evaluate_engine(folder.name, read_cases(folder / "cases.tsv"), engine).figures()
