@@ -41,12 +41,12 @@ _PICK_WORDS = {"1": 0, "一": 0, "2": 1, "二": 1, "3": 2, "三": 2}
 _THANKS = re.compile(r"(谢|感谢|thank|thx|辛苦|好的|好嘞|ok|明白|知道了|收到|了解)", re.I)
 
 
-def build_scorer(kb, llm, n_threads=2):
+def build_scorer(kb, llm, n_threads=2, max_candidates=16):
     """The model scorer over a knowledge base's intents (every intent's prompt evaluated now)."""
     from .scorer import NEUTRAL, ModelScorer, intent_prompt, neutral_prompt
     prompts = {i.id: intent_prompt(i.title, i.examples, i.answer) for i in kb.intents}
     prompts[NEUTRAL] = neutral_prompt([i.examples[0] for i in kb.intents])
-    return ModelScorer(llm, prompts, n_threads=n_threads)
+    return ModelScorer(llm, prompts, n_threads=n_threads, max_candidates=max_candidates)
 
 
 class DialogueEngine:
