@@ -323,10 +323,8 @@ def eval_cmd(ctx, knowledge, min_accuracy, misses, model_scoring, as_json, cases
             except ValueError as exc:
                 click.echo(f"wxkf: {exc}", err=True)
                 sys.exit(2)
-            lexical = engine.classifier()
             reports.append(evaluate_engine(folder.name, rows, engine,
                                            top1=lambda t, u=engine.understanding(): u.read(t).ranked[0].intent_id))
-            del lexical
         if as_json:
             click.echo(json.dumps({r.name: r.figures() for r in reports}, ensure_ascii=False, indent=2))
         else:

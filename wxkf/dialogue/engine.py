@@ -18,6 +18,7 @@ import threading
 from . import escalation as escalation_mod
 from . import segment
 from .decision import Action, Decision
+from .textnorm import compact
 from .understand import Understanding
 
 log = logging.getLogger("wxkf.dialogue")
@@ -249,7 +250,6 @@ class DialogueEngine:
     @staticmethod
     def _repeated(text, conversation):
         """The customer asks again what the bot just answered: the answer did not help."""
-        from .textnorm import compact
         prev = conversation.last("user")
         if not prev:
             return False

@@ -142,6 +142,7 @@ class TradeReport:
     misses: list = dataclasses.field(default_factory=list)
     ms: list = dataclasses.field(default_factory=list)
     sources: Counter = dataclasses.field(default_factory=Counter)
+    measured_top1: bool = False
 
     def rate(self, hit, total):
         n = self.counts[total]
@@ -154,7 +155,7 @@ class TradeReport:
             "wrong_answer": self.rate("in_wrong", "in"),
             "suggest_or_fallback": self.rate("in_soft", "in"),
             "right_or_offered": self.rate("in_offered", "in"),
-            "top1": self.rate("in_top1", "in"),
+            "top1": self.rate("in_top1", "in") if self.measured_top1 else None,
             "out_of_scope": self.counts["oos"],
             "oos_answered": self.rate("oos_answered", "oos"),
             "escalations": self.counts["esc"],
@@ -173,7 +174,7 @@ class TradeReport:
 def evaluate_engine(name, cases, engine, top1=None):
     """Run every case through `engine.decide` in a fresh conversation; return a TradeReport.
     `top1(text)`, when given, adds the classifier's top-1 accuracy."""
-    rep = TradeReport(name)
+    rep = TradeReport(name, measured_top1=top1 is not None)
     for label, text in cases:
         kind, _, arg = label.partition(":")
         convo = Conversation("eval")

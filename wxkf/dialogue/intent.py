@@ -111,7 +111,7 @@ class IntentClassifier:
         self.kb = kb
         self.temperature = temperature
         self.example_weight = example_weight
-        self.lexicon = Lexicon(kb.synonyms, getattr(kb, "packs", ()))
+        self.lexicon = Lexicon(kb.synonyms, kb.packs)
         self.thesaurus = cilin() if thesaurus else None
         docs = {}
         for intent in kb.intents:

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 
-from .intent import IntentClassifier, Ranked
+from .intent import IntentClassifier, Ranked, _sigmoid
 from .scorer import NEUTRAL
 
 log = logging.getLogger("wxkf.understand")
@@ -48,9 +48,10 @@ class Calibration:
     """Per-token gain over the trade-wide prompt under which a reading is capped at suggestion level:
     the best intent explains the message no better than the shop's questions in general do."""
     lexical_floor: float = 0.01
-    """Lexical score of the chosen intent under which a reading is capped at suggestion level: the
-    model alone, on a few tokens, can fancy "今天天气怎么样" is about delivery; a direct answer needs
-    at least a word in common (costs 0.006 of right answers on the development trades)."""
+    """Lexical score of the chosen intent under which a reading is capped at `no_evidence_cap` (the
+    fallback): the model alone, on a few tokens, can fancy "今天天气怎么样" is about delivery; an answer
+    or a suggestion needs at least a word in common (costs 0.006 of right answers on the development
+    trades)."""
     no_evidence_cap: float = 0.15
     """Highest confidence when the chosen intent shares no word with the message: below the engine's
     suggestion threshold, since the candidates themselves were then picked on no evidence."""
@@ -67,10 +68,6 @@ class Reading:
     used_model: bool = False
     candidates: int = 0     # intents the model scored
     ms: float = 0.0
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, x))))
 
 
 class Understanding:
