@@ -183,6 +183,10 @@ def test_redis_going_away_loses_nothing(sandbox, builder, tmp_path):
         assert wait_for(lambda: sandbox.sends("o_during"), timeout=30)
         time.sleep(1.0)
         assert len(sandbox.sends("o_during")) == 1 and len(sandbox.sends("o_before")) == 1
+        from wxkf.agents.handoff import Handoffs
+        from wxkf.store import connect
+        transcript = Handoffs(connect(f"unix://{data / 'redis.sock'}")).transcript("o_before")
+        assert [line["role"] for line in transcript] == ["shopper", "bot"]
         assert wait_for(lambda: requests.get(stack.url + "/healthz", timeout=5).status_code == 200, timeout=15)
     finally:
         stack.stop()

@@ -172,6 +172,41 @@ def test_a_send_slower_than_the_timeout_is_not_sent_again(svc, sandbox, r):
     assert sender.remaining(OPENID) == 4  # it may have arrived: the allowance stays spent
 
 
+def test_redis_lost_right_after_wechat_accepted_a_send_does_not_send_it_twice(svc, sandbox, tmp_path):
+    """WeChat took the reply, then Redis went away before the send was recorded: the message is not
+    acknowledged and comes back after Redis returns. The worker remembers what it sent and writes it
+    down first; the shopper gets the reply once (seen in CI: the answer went out twice)."""
+    import redis as redis_lib
+    from wxkf.store import connect, start_embedded
+    data = tmp_path / "redis"
+    proc = start_embedded(data)
+    client = connect(f"unix://{data / 'redis.sock'}")
+    try:
+        api = WeChatAPI(client, sandbox.url, svc.config.appid, svc.config.secret, metrics=svc.metrics)
+        sender = Sender(client, api, svc.metrics)
+        shopper_writes(sender, sandbox)
+        wechat_send = sender.send
+
+        def send_then_redis_dies(message):
+            wechat_send(message)
+            proc.terminate()
+            proc.wait(10)
+        sender.send = send_then_redis_dies
+        with pytest.raises(redis_lib.RedisError):
+            sender.deliver("lost-record", OPENID, ["只发一次"])
+        assert len(sandbox.sends(OPENID)) == 1
+        sender.send = wechat_send
+
+        proc = start_embedded(data)  # back, with what the AOF held
+        assert sender.deliver("lost-record", OPENID, ["只发一次"]) == 0  # the redelivered message
+        assert len(sandbox.sends(OPENID)) == 1
+        assert client.hexists(keys.sent("lost-record"), "part:0")  # written down once Redis was back
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_unreachable_wechat_is_recorded_and_quota_refunded(svc, sandbox, r):
     sender = make_sender(svc, sandbox, base="http://127.0.0.1:9")
     sender.attempts = 2

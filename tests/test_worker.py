@@ -104,6 +104,9 @@ def test_redelivered_message_after_send_is_not_answered_again(fast, client, buil
     inbound = to_inbound({k: str(v) for k, v in fields.items()}, "xml")
     w.process(inbound)
     assert len(sandbox.sends("o_twice")) == 1
+    # ...and the console's transcript shows the question and the answer once each.
+    roles = [line["role"] for line in fast.handoffs.transcript("o_twice")]
+    assert roles == ["shopper", "bot"]
 
 
 def test_shards_are_shared_between_workers(fast, r):

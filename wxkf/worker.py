@@ -5,6 +5,8 @@ next owner of its shards) and replies are sent once (the sender's per-message id
 One worker owns a shard at a time, so a shopper's messages are answered in order; several workers
 share the shards evenly.
 """
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -100,27 +102,46 @@ class Worker:
             handoffs.end(openid, f"微信客服 {inbound['fields'].get('KfAccount', '')} 结束了会话")
             return Decision(Action.SILENT, source="silent")
         if kind in MESSAGE_TYPES:
-            handoffs.log(openid, "shopper", message.text or f"[{kind}]", push=push_id)
+            handoffs.log(openid, "shopper", message.text or f"[{kind}]", once=push_id, push=push_id)
         if inbound.get("started"):
             # The webhook escalated and answered WeChat with transfer_customer_service.
             state = handoffs.get(openid) or {}
-            handoffs.log(openid, "system", f"转人工：{state.get('reason', '')}", reason=state.get("reason"))
+            handoffs.log(openid, "system", f"转人工：{state.get('reason', '')}", once=push_id,
+                         reason=state.get("reason"))
             return self._escalated(inbound, Decision(Action.ESCALATE, source="escalate", reason=state.get("reason"),
                                                      priority=int(state.get("priority", 0))))
         if inbound.get("held") or handoffs.held(openid):
             return Decision(Action.SILENT, source="human")  # a human has this conversation
         if (message.kind == "text" and time.time() - inbound["create_time"] < defaults.TYPING_WINDOW
-                and not self.redis.exists(keys.sent(push_id))):
+                and not self.redis.hexists(keys.sent(push_id), "plan")):
             self.sender.typing(openid)
-        convo = self.conversations.load(openid)
-        decision = self.responder.decide(message, convo)
-        self.conversations.save(convo)
+        decision = self._decide_once(push_id, openid, message)
         if decision.action == Action.ESCALATE:
             handoffs.start(openid, decision.reason or "request", decision.priority, via="worker")
             return self._escalated(inbound, decision)
         if decision.action != Action.SILENT and decision.text:
             self.sender.deliver(push_id, openid, [decision.text])
-            handoffs.log(openid, "bot", decision.text, source=decision.source, intent=decision.intent)
+            handoffs.log(openid, "bot", decision.text, once=push_id, source=decision.source, intent=decision.intent)
+        return decision
+
+    def _decide_once(self, push_id, openid, message):
+        """The decision for a push, made once: it is stored with the conversation in one transaction,
+        and a push redelivered after a crash or a Redis outage reuses it. Deciding again would see the
+        question already in the conversation and escalate it as a repeated question."""
+        key = keys.sent(push_id)
+        recorded = self.redis.hget(key, "decision")
+        if recorded is not None:
+            data = json.loads(recorded)
+            return Decision(Action(data.pop("action")), **{k: tuple(v) if isinstance(v, list) else v
+                                                            for k, v in data.items()})
+        convo = self.conversations.load(openid)
+        decision = self.responder.decide(message, convo)
+        record = dict(dataclasses.asdict(decision), action=decision.action.value)
+        pipe = self.redis.pipeline(transaction=True)
+        self.conversations.save(convo, client=pipe)
+        pipe.hset(key, "decision", json.dumps(record, ensure_ascii=False))
+        pipe.expire(key, defaults.IDEMPOTENCY_TTL)
+        pipe.execute()
         return decision
 
     def _escalated(self, inbound, decision):
@@ -128,7 +149,7 @@ class Worker:
         openid = inbound["openid"]
         kb = self.svc.knowledge.get()
         self.sender.deliver(inbound["id"], openid, [kb.escalation_reply])
-        self.svc.handoffs.log(openid, "bot", kb.escalation_reply, source="escalate")
+        self.svc.handoffs.log(openid, "bot", kb.escalation_reply, once=inbound["id"], source="escalate")
         notify_robot(self.cfg.robot_webhook, openid, decision.reason, Message.from_inbound(inbound).text)
         return Decision(Action.ESCALATE, kb.escalation_reply, source="escalate", reason=decision.reason,
                         priority=decision.priority)
@@ -196,6 +217,7 @@ class Worker:
     def step(self):
         """One round of the loop; after a Redis error, None (the caller waits a little)."""
         try:
+            self.sender.record_pending()  # sends Redis missed while it was away, before anything is re-read
             if time.monotonic() - self._last_balance > self.cfg.heartbeat_seconds:
                 self.balance()
                 self._last_balance = time.monotonic()

@@ -13,6 +13,7 @@ import time
 from enum import Enum
 
 from .. import keys
+from ..defaults import IDEMPOTENCY_TTL
 
 HOLD_SECONDS = 30 * 60
 """Seconds a handoff lives without agent activity (WeChat stops forwarding after 30 idle minutes)."""
@@ -36,6 +37,16 @@ redis.call('ZADD', KEYS[2], ARGV[3] - 100000 * tonumber(ARGV[2]), ARGV[6])
 return 1
 """
 
+# Append a transcript line once per (inbound push, role): the marker lives in the push's idempotency hash.
+LOG_ONCE = """
+if redis.call('HSETNX', KEYS[2], ARGV[2], 1) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
 
 class Handoffs:
     def __init__(self, redis, hold_seconds=HOLD_SECONDS, clock=time.time):
@@ -43,6 +54,7 @@ class Handoffs:
         self.hold = hold_seconds
         self.clock = clock
         self._start = redis.register_script(START)
+        self._log_once = redis.register_script(LOG_ONCE)
 
     def start(self, openid, reason, priority, via):
         """Hand the shopper to humans; True if this call did it (False: already held)."""
@@ -91,10 +103,17 @@ class Handoffs:
         return out, expired
 
     # -- transcript -----------------------------------------------------------------------------
-    def log(self, openid, role, text, **extra):
-        entry = dict(extra, at=round(self.clock(), 3), role=role, text=text)
+    def log(self, openid, role, text, once=None, **extra):
+        """Append to the transcript. With `once` (an inbound push id), the line for that push and role
+        is written at most once, so a message redelivered after a crash or a Redis outage does not
+        show twice in the console."""
+        entry = json.dumps(dict(extra, at=round(self.clock(), 3), role=role, text=text), ensure_ascii=False)
+        if once is not None:
+            self._log_once(keys=[keys.transcript(openid), keys.sent(once)],
+                           args=[entry, f"log:{role}", TRANSCRIPT_MAX, TRANSCRIPT_TTL, IDEMPOTENCY_TTL])
+            return
         pipe = self.redis.pipeline()
-        pipe.rpush(keys.transcript(openid), json.dumps(entry, ensure_ascii=False))
+        pipe.rpush(keys.transcript(openid), entry)
         pipe.ltrim(keys.transcript(openid), -TRANSCRIPT_MAX, -1)
         pipe.expire(keys.transcript(openid), TRANSCRIPT_TTL)
         pipe.execute()

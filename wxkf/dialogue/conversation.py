@@ -35,14 +35,15 @@ class ConversationStore:
                 turns.append({"role": "bot", "source": t[1], "intent": t[2] or None})
         return Conversation(openid, turns=turns, pending=data.get("p", []))
 
-    def save(self, convo):
+    def save(self, convo, client=None):
+        """Store `convo`; `client` may be a Redis pipeline so the save joins a transaction."""
         turns = convo.turns[-2 * MAX_EXCHANGES:]
         packed = [["u", t["text"][:TEXT_CHARS], t.get("intent") or ""] if t["role"] == "user"
                   else ["b", t.get("source", ""), t.get("intent") or ""] for t in turns]
         data = {"t": packed}
         if convo.pending:
             data["p"] = convo.pending
-        self.client.set(_key(convo.openid), json.dumps(data, ensure_ascii=False, separators=(",", ":")), ex=self.ttl)
+        (client or self.client).set(_key(convo.openid), json.dumps(data, ensure_ascii=False, separators=(",", ":")), ex=self.ttl)
 
 
 class MemoryClient:

@@ -109,6 +109,10 @@ class Sender:
         self.clock = clock
         self._open = redis.register_script(_OPEN)
         self._take = redis.register_script(_TAKE)
+        # Sends WeChat accepted whose record Redis has not confirmed (it went away in between):
+        # {push_id: {field: value}}. Consulted before sending and written first once Redis is back,
+        # so the redelivered message does not send the part again.
+        self._unrecorded = {}
 
     @classmethod
     def from_services(cls, svc):
@@ -161,6 +165,7 @@ class Sender:
         idempotency key). Returns the number of parts sent now.
         """
         key = keys.sent(push_id)
+        self.record_pending()
         plan = self.redis.hget(key, "plan")
         if plan is None:
             parts, truncated = pack(texts, self.remaining(openid))
@@ -178,7 +183,7 @@ class Sender:
             parts = json.loads(plan)
         sent = 0
         for i, part in enumerate(parts):
-            if self.redis.hexists(key, f"part:{i}"):
+            if f"part:{i}" in self._unrecorded.get(push_id, ()) or self.redis.hexists(key, f"part:{i}"):
                 continue
             message = {"touser": openid, "msgtype": "text", "text": {"content": part}}
             if not self._send_once(push_id, openid, message, f"part:{i}", parts[i:]):
@@ -203,8 +208,7 @@ class Sender:
         except WeChatTimeout as exc:
             # Outcome unknown: the shopper may have it. Never sent again (not now, not on redelivery),
             # the allowance stays spent, and it is recorded as what it is for agents to check.
-            self.redis.hset(keys.sent(push_id), field, "unknown")
-            self.redis.expire(keys.sent(push_id), defaults.IDEMPOTENCY_TTL)
+            self._record(push_id, field, "unknown")
             self._undelivered(push_id, openid, pending, "timeout_unknown")
             log.error("send to %s timed out; it may or may not have arrived, not resending: %s", openid, exc)
             return False
@@ -212,9 +216,24 @@ class Sender:
             self.redis.hincrby(keys.quota(openid), "used", -1)
             self._undelivered(push_id, openid, pending, f"errcode_{exc.errcode or 'network'}")
             raise
-        self.redis.hset(keys.sent(push_id), field, int(self.clock()))
-        self.redis.expire(keys.sent(push_id), defaults.IDEMPOTENCY_TTL)
+        self._record(push_id, field, int(self.clock()))
         return True
+
+    def _record(self, push_id, field, value):
+        """Mark a part sent. Remembered in this process first: if Redis fails now, the RedisError
+        propagates (the message stays unacknowledged) but the part is not sent again."""
+        self._unrecorded.setdefault(push_id, {})[field] = value
+        self.record_pending()
+
+    def record_pending(self):
+        """Write the sends Redis missed; raises RedisError while it is still away."""
+        for push_id in list(self._unrecorded):
+            key = keys.sent(push_id)
+            pipe = self.redis.pipeline()
+            pipe.hset(key, mapping=self._unrecorded[push_id])
+            pipe.expire(key, defaults.IDEMPOTENCY_TTL)
+            pipe.execute()
+            del self._unrecorded[push_id]
 
     def send(self, message):
         """POST cgi-bin/message/custom/send (protocol ref. 2.1); retry what retrying can fix."""
