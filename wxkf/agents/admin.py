@@ -15,7 +15,8 @@ def editor():
 
 
 def _lines(field):
-    return [x.strip() for x in (request.form.get(field) or "").replace("，", ",").splitlines() if x.strip()]
+    """One value per line, as typed: 「，」 stays 「，」 (examples are matched as shoppers write them)."""
+    return [x.strip() for x in (request.form.get(field) or "").splitlines() if x.strip()]
 
 
 @bp.get("/kb")
