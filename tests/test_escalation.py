@@ -10,7 +10,10 @@ from wxkf.dialogue.knowledge import load
 ROOT = Path(__file__).resolve().parent.parent
 KB = load(ROOT / "knowledge")
 DEV = ROOT / "tests" / "eval" / "trades"
-TRADES = sorted(p.name for p in DEV.iterdir() if (p / "cases.tsv").exists())
+# The trades the rules were written from. On salon and homeservice, whose escalations were read only
+# after the rules were written, rules alone catch about half: that is what the model's reading is for
+# (escalation.Reader); rules and reader together are gated per trade in tests/test_trades.py.
+TRADES = ["app", "clinic", "hotel", "restaurant", "school", "shop", "telecom"]
 
 
 def cases(trade):

@@ -95,8 +95,17 @@ def test_wxkf_eval_gates_quality():
     ok = runner.invoke(main, ["eval", "--no-misses", "--min-accuracy", "0.9", str(SHOP)])
     assert ok.exit_code == 0, ok.output
     assert "top-1 accuracy" in ok.output and "confusion" in ok.output and "logistics" in ok.output
-    bad = runner.invoke(main, ["eval", "--no-misses", "--min-accuracy", "0.999", str(SHOP)])
-    assert bad.exit_code == 1
+
+
+
+def test_wxkf_eval_exits_1_below_the_gate(tmp_path):
+    """The gate's other side, on a small file with one message labelled with the wrong intent."""
+    cases = tmp_path / "cases.tsv"
+    cases.write_text("logistics\t我的快递到哪了\ninvoice\t发票怎么开\nlogistics\t能开发票吗\n", encoding="utf-8")
+    bad = CliRunner().invoke(main, ["eval", "--no-misses", "--min-accuracy", "0.9", "--knowledge",
+                                    str(ROOT / "knowledge"), str(cases)])
+    assert bad.exit_code == 1, bad.output
+    assert "top-1 accuracy" in bad.output
 
 
 def test_malformed_case_file_is_a_clear_error(tmp_path):

@@ -116,3 +116,50 @@ def test_a_knowledge_edit_answers_at_once_and_the_model_catches_up_in_the_backgr
     later = engine.understanding()
     assert later.scorer is not None and "parking" in later.scorer.seq
     assert say(engine, "车停哪里").intent == "parking"
+
+
+# -- the model's reading of a message (features of the escalation reader) ---------------------------
+def test_read_gives_the_models_hidden_state_and_leaves_scoring_as_it_was(scorer, llm):
+    import llama_cpp
+    import numpy as np
+    before = scorer.score("早餐几点开始", ["breakfast", NEUTRAL])
+    hidden = scorer.read("我爸在大堂突然倒地了 叫他也没反应")
+    assert hidden.shape == (llama_cpp.llama_model_n_embd(llm.model),) and np.isfinite(hidden).all()
+    assert np.allclose(scorer.read("我爸在大堂突然倒地了 叫他也没反应"), hidden, atol=1e-3)  # its tokens were removed
+    assert not np.allclose(scorer.read("早餐几点开始"), hidden, atol=1e-1)
+    assert scorer.score("早餐几点开始", ["breakfast", NEUTRAL]) == before
+    assert scorer.read("") is None
+
+
+def test_escalations_no_rule_catches_are_read_by_the_model(hotel):
+    """Messages in no evaluation set and with no cue word: the reader hands them to a human with the
+    right reason; plain questions and a message that defuses itself stay with the bot."""
+    from wxkf.dialogue import escalation
+    for text, reason in [("我爸在大堂突然倒地了 叫他也没反应", "urgent"), ("小孩把手指夹在门缝里了 肿得发紫", "urgent"),
+                         ("你们保安推了我一把 我要个交代", "complaint")]:
+        assert escalation.detect(text) is None
+        d = say(hotel, text)
+        assert d.action == Action.ESCALATE and d.reason == reason, (text, d)
+    for text in ("明天早上几点开始吃早饭", "退房以后行李能放前台吗", "有停车场吗", "哈哈 不急 明天再说"):
+        assert say(hotel, text).action != Action.ESCALATE, text
+
+
+def test_the_reader_is_off_for_a_model_it_was_not_fitted_on(llm, tmp_path):
+    """Another GGUF's hidden states mean something else: its engine escalates by rules alone."""
+    import numpy as np
+    from wxkf.dialogue import escalation
+    shipped = np.load(escalation.READER_WEIGHTS)
+    assert str(shipped["model"]) == escalation.model_identity(llm)
+    other = tmp_path / "reader.npz"
+    np.savez(other, **{k: shipped[k] for k in shipped.files if k != "model"}, model=np.array("Qwen2.5 0.5B/494032768/896"))
+    assert escalation.Reader.for_model(llm, other) is None
+    assert escalation.Reader.for_model(llm, tmp_path / "missing.npz") is None
+    assert escalation.Reader.for_model(llm) is not None
+
+
+def test_model_escalation_off_leaves_escalation_to_the_rules(llm):
+    """`model_escalation = false`: a shop that wants only the rule words gets exactly that."""
+    engine = DialogueEngine(KnowledgeStore(HOTEL), llm=llm, read_escalation=False).warm_up()
+    assert engine.reader is None
+    assert say(engine, "我爸在大堂突然倒地了 叫他也没反应").action != Action.ESCALATE
+    assert say(engine, "转人工").action == Action.ESCALATE

@@ -219,7 +219,7 @@ def _engine(ctx, knowledge, generation=None, model_scoring=None):
                             model_scoring=cfg.model_scoring if model_scoring is None else model_scoring,
                             generation=cfg.generation if generation is None else generation,
                             budget_seconds=cfg.understanding_budget, generation_budget=cfg.generation_budget,
-                            max_reply_chars=cfg.max_reply_chars)
+                            max_reply_chars=cfg.max_reply_chars, model_escalation=cfg.model_escalation)
     except KnowledgeError as exc:
         click.echo(f"wxkf: {exc}", err=True)
         sys.exit(1)

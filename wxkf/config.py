@@ -46,6 +46,7 @@ class Config:
     heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS
     typing: bool = True
     model_scoring: bool = True
+    model_escalation: bool = True
     understanding_budget: float = 0.8
     generation: bool = False
     generation_budget: float = 1.5

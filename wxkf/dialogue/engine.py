@@ -55,7 +55,8 @@ class DialogueEngine:
     base changes, answer from its lexical reading at once and build the model's prompts (seconds) on a
     thread, as the worker does; otherwise build them before answering (CLI, tests)."""
 
-    def __init__(self, store, generator=None, llm=None, budget_seconds=0.8, background_reload=False):
+    def __init__(self, store, generator=None, llm=None, budget_seconds=0.8, background_reload=False,
+                 read_escalation=True):
         self.store = store
         self.generator = generator
         self.llm = llm
@@ -65,6 +66,8 @@ class DialogueEngine:
         self._understanding = None
         self._retired = []
         self._lock = threading.Lock()
+        # The escalation reader reads messages through the model scorer's context.
+        self.reader = escalation_mod.Reader.for_model(llm) if llm is not None and read_escalation else None
 
     def warm_up(self):
         """Build the classifier, jieba's dictionary and the model's prompts now rather than on the first
@@ -145,9 +148,14 @@ class DialogueEngine:
         esc = escalation_mod.detect(text, kb.escalation_keywords, conversation.turns)
         if esc is None and self._repeated(text, conversation):
             esc = escalation_mod.Escalation("repeated_failure", escalation_mod.PRIORITY["repeated_failure"], "repeat")
-        if esc:
+        if esc is None and self.reader is not None and u.scorer is not None and not escalation_mod.defused(text):
+            esc = self.reader.detect(u.scorer.read(text))  # what no cue word says: "叫他也没反应"
+        if esc is not None:
             return Decision(Action.ESCALATE, kb.escalation_reply, source="escalate", reason=esc.reason,
                             priority=esc.priority)
+        return self._understand(text, conversation, u)
+
+    def _understand(self, text, conversation, u):
         parts = segment.clauses(text)
         if not parts:
             return self._politeness(text, u)
@@ -271,7 +279,8 @@ class DialogueEngine:
 
 
 def build_engine(knowledge_dir, model_path=None, model_scoring=True, generation=False, budget_seconds=0.8,
-                 generation_budget=1.5, max_reply_chars=50, n_threads=2, background_reload=False, snapshot=None):
+                 generation_budget=1.5, max_reply_chars=50, n_threads=2, background_reload=False, snapshot=None,
+                 model_escalation=True):
     """The dialogue engine over a knowledge folder, as the worker and every CLI command build it.
     The model is loaded (once per process) when it scores intents or rephrases answers."""
     from .knowledge import KnowledgeStore
@@ -284,4 +293,4 @@ def build_engine(knowledge_dir, model_path=None, model_scoring=True, generation=
         from .generator import Generator
         generator = Generator(llm, budget_seconds=generation_budget, max_chars=max_reply_chars)
     return DialogueEngine(store, generator, llm=llm if model_scoring else None, budget_seconds=budget_seconds,
-                          background_reload=background_reload).warm_up()
+                          background_reload=background_reload, read_escalation=model_escalation).warm_up()

@@ -7,12 +7,22 @@ base (`escalation.keywords`). Repeated failure (the bot fell back twice in a row
 the same thing again after a non-answer) escalates too, from the conversation state.
 
 Priority: urgent > complaint > anger > request > repeated failure.
+
+Rules alone catch about half the escalations of a trade they were not written on (docs/dialogue.md):
+"我妈洗头的时候突然头晕 现在靠在椅子上叫不醒" has no cue word. The worker's engine therefore also
+asks the `Reader`: a logistic regression over the local model's reading of the message (its hidden
+states, `ModelScorer.read`), fitted on the labelled escalations of many trades (bench/fit_escalation.py).
+It says whether a message needs a human and why, with no word list.
 """
 import dataclasses
 import functools
+import logging
 import re
+from pathlib import Path
 
 from .textnorm import normalize
+
+log = logging.getLogger("wxkf.escalation")
 
 PRIORITY = {"urgent": 4, "complaint": 3, "anger": 2, "request": 1, "repeated_failure": 1}
 
@@ -163,3 +173,64 @@ def detect(text, extra_complaint_words=(), history=None):
     if not found:
         return None
     return max(found, key=lambda e: e.priority)
+
+
+READER_WEIGHTS = Path(__file__).with_name("escalation-reader.npz")
+
+READER_AT = 0.7
+"""The reader escalates when P(a human is needed) >= this (bench/fit_escalation.py: leave-one-trade-out,
+the level where look-alikes and ordinary questions stay at about one in a trade)."""
+
+
+class Reader:
+    """P(escalation reason | the model's reading of the message), for the model it was fitted on."""
+
+    REASONS = ("none", "request", "complaint", "urgent", "anger")
+
+    def __init__(self, weights, bias, mean, scale, threshold=READER_AT):
+        self.weights, self.bias, self.mean, self.scale = weights, bias, mean, scale
+        self.threshold = threshold
+
+    @classmethod
+    def for_model(cls, llm, path=READER_WEIGHTS):
+        """The shipped reader if it was fitted on this model, else None (rules alone: the hidden
+        states of another GGUF mean something else)."""
+        import numpy as np
+        if not Path(path).exists():
+            return None
+        data = np.load(path)
+        name = str(data["model"])
+        mine = model_identity(llm)
+        if name != mine:
+            log.info("escalation reader fitted on %s, not %s: escalation by rules only", name, mine)
+            return None
+        return cls(data["weights"], data["bias"], data["mean"], data["scale"])
+
+    def probabilities(self, hidden):
+        import numpy as np
+        z = ((hidden - self.mean) / self.scale) @ self.weights + self.bias
+        p = np.exp(z - z.max())
+        return p / p.sum()
+
+    def detect(self, hidden):
+        """An Escalation when the message needs a human, else None."""
+        if hidden is None:
+            return None
+        p = self.probabilities(hidden)
+        if 1.0 - p[0] < self.threshold:
+            return None
+        reason = self.REASONS[1 + int(p[1:].argmax())]
+        return Escalation(reason, PRIORITY[reason], f"reader {1.0 - p[0]:.2f}")
+
+
+def model_identity(llm):
+    """What identifies the model the reader's weights belong to: its name, size and width."""
+    import llama_cpp
+    meta = getattr(llm, "metadata", None) or {}
+    return (f"{meta.get('general.name', '?')}/{llama_cpp.llama_model_n_params(llm.model)}"
+            f"/{llama_cpp.llama_model_n_embd(llm.model)}")
+
+
+def defused(text):
+    """The message defuses itself ("不严重", "哈哈", "其实不急"): no cue or reading escalates it."""
+    return bool(DEFUSERS.search(_mask_lookalikes(normalize(text))))
