@@ -44,6 +44,18 @@ def config(ctx, key):
     click.echo(json.dumps(described, ensure_ascii=False, indent=2))
 
 
+@main.command("nginx-conf")
+@click.option("--listen", default="80", show_default=True, help="nginx listen address (e.g. '443 ssl').")
+@click.option("--server-name", default="_", show_default=True, help="nginx server_name.")
+@click.pass_context
+def nginx_conf_cmd(ctx, listen, server_name):
+    """Print the nginx server block that shields gunicorn from slow clients (README: behind a proxy)."""
+    from .deploy import nginx_conf
+    cfg = _config(ctx)
+    click.echo(nginx_conf(upstream=cfg.bind, listen=listen, server_name=server_name,
+                          max_body_bytes=cfg.max_body_bytes), nl=False)
+
+
 @main.command()
 @click.option("--workers", type=int, default=None, help="gunicorn worker processes (default web_workers).")
 @click.pass_context
