@@ -208,3 +208,25 @@ def test_health_turns_red_while_the_worker_cannot_work(fast, client):
     w._failing_since = None
     w.beat()
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_stopping_worker_finishes_the_message_in_hand_and_leaves_the_rest(fast, client, builder, sandbox, r):
+    """SIGTERM during a batch (a deploy): the worker answers the message it is on and stops; the
+    messages it had read but not started stay unacknowledged and are answered once by the next."""
+    w = make_worker(fast, "w1")
+    for i in range(3):
+        push(client, builder, sandbox, f"o_stop{i}", text="发票怎么开")
+    decide = w.responder.decide
+
+    def decide_then_sigterm(message, convo):
+        w.stop()
+        return decide(message, convo)
+    w.responder.decide = decide_then_sigterm
+    assert w.run_once(block_ms=50) == 1
+    assert sum(len(sandbox.sends(f"o_stop{i}")) for i in range(3)) == 1
+    assert fast.inbox.stats()[0] == 2  # read, not acknowledged
+    w.responder.decide = decide
+    w._stop.clear()
+    w.fresh |= w.owned  # a restarted worker re-reads its pending entries first
+    drain(w)
+    assert [len(sandbox.sends(f"o_stop{i}")) for i in range(3)] == [1, 1, 1]

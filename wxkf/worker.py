@@ -198,17 +198,22 @@ class Worker:
         pipe.execute()
 
     def run_once(self, block_ms=1000):
-        """One round: pending entries of newly owned shards first, then new entries. Returns count handled."""
+        """One round: pending entries of newly owned shards first, then new entries; stops between
+        entries once asked to. Returns the number handled."""
         with self._lock:
             owned, fresh = sorted(self.owned), sorted(self.fresh)
             self.fresh.clear()
         entries = self.inbox.read(fresh, self.name, pending=True, count=10_000) if fresh else []
         if not entries:
             entries = self.inbox.read(owned, self.name, block_ms=block_ms)
+        handled = 0
         for shard, entry_id, inbound in entries:
+            if self._stop.is_set():
+                break  # stopping: what was read and not started stays pending for the next owner
             if shard in self.owned:
                 self.handle(shard, entry_id, inbound)
-        return len(entries)
+                handled += 1
+        return handled
 
     def failing_for(self):
         """Seconds the main loop has been failing on Redis errors (0 when it works)."""
