@@ -10,7 +10,6 @@ does).
     python bench/fit_escalation.py [l2] [threshold]          # leave-one-trade-out figures
     python bench/fit_escalation.py --write [l2]              # fit on all trades, write the weights
 """
-import json
 import sys
 from pathlib import Path
 
