@@ -5,7 +5,6 @@ next owner of its shards) and replies are sent once (the sender's per-message id
 One worker owns a shard at a time, so a shopper's messages are answered in order; several workers
 share the shards evenly.
 """
-import dataclasses
 import json
 import logging
 import math
@@ -131,15 +130,12 @@ class Worker:
         key = keys.sent(push_id)
         recorded = self.redis.hget(key, "decision")
         if recorded is not None:
-            data = json.loads(recorded)
-            return Decision(Action(data.pop("action")), **{k: tuple(v) if isinstance(v, list) else v
-                                                            for k, v in data.items()})
+            return Decision.from_record(json.loads(recorded))
         convo = self.conversations.load(openid)
         decision = self.responder.decide(message, convo)
-        record = dict(dataclasses.asdict(decision), action=decision.action.value)
         pipe = self.redis.pipeline(transaction=True)
         self.conversations.save(convo, client=pipe)
-        pipe.hset(key, "decision", json.dumps(record, ensure_ascii=False))
+        pipe.hset(key, "decision", json.dumps(decision.to_record(), ensure_ascii=False))
         pipe.expire(key, defaults.IDEMPOTENCY_TTL)
         pipe.execute()
         return decision

@@ -54,3 +54,12 @@ class Decision:
     runner_up: str | None = None
     suggestions: tuple = ()
     answered: tuple = ()      # the intents whose approved answers the reply carries
+
+    def to_record(self):
+        """A JSON-able dict (the worker stores each push's decision to reuse it on redelivery)."""
+        return dict(dataclasses.asdict(self), action=self.action.value)
+
+    @classmethod
+    def from_record(cls, record):
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
+        return cls(Action(fields.pop("action")), **fields)
