@@ -115,6 +115,7 @@ def start_worker(svc, name="w"):
     from wxkf.worker import Worker, build_responder
     w = Worker(svc, build_responder(svc.config), name=name)
     svc.inbox.ensure_groups()
+    svc.outbox.ensure_group()
     w.beat()
     w.balance()
     return w

@@ -91,6 +91,7 @@ def test_the_handoff_flow_claim_reply_resolve(client, accounts, builder, sandbox
     reply_id = re.search(r'name="reply_id" value="([^"]+)"', page).group(1)
     for _ in range(2):  # a double-submitted form sends once
         client.post("/console/c/o_flow/reply", data={"csrf_token": token, "reply_id": reply_id, "text": "您好，我是小王"})
+    run_worker(svc)  # the worker sends what the console queued
     kb = svc.knowledge.get()
     assert [m["text"]["content"] for m in sandbox.sends("o_flow")] == [kb.escalation_reply, "您好，我是小王"]
     client.post("/console/c/o_flow/note", data={"csrf_token": token, "text": "已补发"})
@@ -107,7 +108,67 @@ def test_reply_outside_the_window_is_refused_visibly(client, accounts, svc, sand
     token = csrf(client, "/console/c/o_stranger")
     resp = client.post("/console/c/o_stranger/reply", data={"csrf_token": token, "text": "hi"}, follow_redirects=True)
     assert "48小时窗口已关闭" in resp.get_data(as_text=True)
+    run_worker(svc)
     assert sandbox.sends("o_stranger") == []
+    # The agent's text is not lost: the transcript keeps it with why it was not sent.
+    assert "客服回复未发送" in svc.handoffs.transcript("o_stranger")[-1]["text"]
+    assert "hi" in svc.handoffs.transcript("o_stranger")[-1]["text"]
+
+
+def _escalated_and_claimed(client, builder, sandbox, svc, openid):
+    login(client)
+    escalate(client, builder, sandbox, openid, text="我要投诉 东西坏了")
+    run_worker(svc)
+    token = csrf(client, f"/console/c/{openid}")
+    client.post(f"/console/c/{openid}/claim", data={"csrf_token": token})
+    return token
+
+
+def test_agent_replies_are_sent_by_the_worker_not_the_web_process(client, accounts, builder, sandbox, svc):
+    """The web processes acknowledge pushes and must never wait on WeChat's send API (issue 8, #12):
+    the console queues the reply, shows it at once, and the worker sends it exactly once."""
+    token = _escalated_and_claimed(client, builder, sandbox, svc, "o_queue")
+    sent_before = len(sandbox.state.calls)
+    for _ in range(3):  # a form sent three times (double click, reload) is one reply
+        resp = client.post("/console/c/o_queue/reply",
+                           data={"csrf_token": token, "reply_id": "r-q1", "text": "马上为您处理"})
+        assert resp.status_code == 302
+    assert sandbox.state.calls[sent_before:] == []  # the web process called nothing at WeChat
+    assert [t["text"] for t in svc.handoffs.transcript("o_queue") if t["role"] == "agent"] == ["马上为您处理"]
+    assert svc.outbox.waiting() == 1
+    run_worker(svc)
+    run_worker(svc)
+    assert [m["text"]["content"] for m in sandbox.sends("o_queue")][1:] == ["马上为您处理"]
+    assert svc.outbox.waiting() == 0
+    assert 'wxkf_agent_replies_total{outcome="sent"} 1' in client.get("/metrics").get_data(as_text=True)
+
+
+def test_an_agent_reply_wechat_refuses_is_said_in_the_transcript(client, accounts, builder, sandbox, svc):
+    token = _escalated_and_claimed(client, builder, sandbox, svc, "o_refused")
+    sandbox.state.failures.append({"path": "/cgi-bin/message/custom/send", "errcode": 45015, "count": 1})
+    client.post("/console/c/o_refused/reply", data={"csrf_token": token, "reply_id": "r-x", "text": "您好"})
+    run_worker(svc)
+    assert [m["text"]["content"] for m in sandbox.sends("o_refused")][1:] == []
+    last = svc.handoffs.transcript("o_refused")[-1]
+    assert last["role"] == "system" and "未送达" in last["text"]
+    assert any(e["push_id"] == "agent:r-x" for _, e in svc.redis.xrange("wxkf:undelivered"))
+    run_worker(svc)  # said once, not on every round
+    assert sum("未送达" in t["text"] for t in svc.handoffs.transcript("o_refused")) == 1
+
+
+def test_an_agent_reply_taken_by_a_worker_that_died_is_sent_by_another_once(client, accounts, builder, sandbox,
+                                                                           svc):
+    token = _escalated_and_claimed(client, builder, sandbox, svc, "o_died")
+    client.post("/console/c/o_died/reply", data={"csrf_token": token, "reply_id": "r-d", "text": "稍等"})
+    # A worker reads the entry and dies before sending: it stays pending under that worker's name.
+    svc.redis.xreadgroup("senders", "dead-worker", {"wxkf:outbox": ">"}, count=10)
+    run_worker(svc)
+    assert [m["text"]["content"] for m in sandbox.sends("o_died")][1:] == []  # not idle long enough yet
+    svc.outbox.claim_idle_ms = 0  # as after a minute
+    run_worker(svc)
+    run_worker(svc)
+    assert [m["text"]["content"] for m in sandbox.sends("o_died")][1:] == ["稍等"]
+    assert svc.outbox.waiting() == 0
 
 
 def test_shopper_text_is_escaped(client, accounts, builder, sandbox, svc):

@@ -62,7 +62,7 @@ def test_agent_handles_an_escalation_in_the_browser(stack, builder, sandbox, bro
 
     page.click("#queue a:has-text('o_browser')")
     page.wait_for_selector("#transcript")
-    wait_for(lambda: sandbox.sends("o_browser"))  # the worker told the shopper a human is coming
+    assert wait_for(lambda: sandbox.sends("o_browser"))  # the worker told the shopper a human is coming
     page.reload()
     assert "<script>alert(1)</script>" in page.inner_text("#transcript")  # shown as text
     assert page.evaluate("document.querySelectorAll('#transcript script').length") == 0
@@ -70,8 +70,9 @@ def test_agent_handles_an_escalation_in_the_browser(stack, builder, sandbox, bro
     page.click("button:has-text('接入')")
     page.fill("textarea[name=text] >> nth=0", "您好，我是客服小王，马上为您处理。")
     page.click("button:has-text('发送')")
-    page.wait_for_selector("text=您好，我是客服小王")
-    assert [m["text"]["content"] for m in sandbox.sends("o_browser")][-1] == "您好，我是客服小王，马上为您处理。"
+    page.wait_for_selector("text=您好，我是客服小王")  # shown at once; the worker sends it
+    sent = wait_for(lambda: [m["text"]["content"] for m in sandbox.sends("o_browser")][-1] == "您好，我是客服小王，马上为您处理。")
+    assert sent, sandbox.sends("o_browser")
 
     page.click("button:has-text('已解决')")
     page.wait_for_selector("text=机器人接待中")

@@ -50,6 +50,9 @@ def window_opened(push_id):
     return f"{NS}:opened:{push_id}"
 
 
+OUTBOX = f"{NS}:outbox"
+"""Stream of agents' replies queued by the console for the worker to send."""
+
 UNDELIVERED = f"{NS}:undelivered"
 """Stream of replies WeChat refused or we could not send, kept for agents and operators."""
 

@@ -17,6 +17,7 @@ FAMILIES = {
     "wxkf_duplicates_total": ("counter", "Pushes dropped as WeChat retries of one already queued."),
     "wxkf_jobs_total": ("counter", "Messages processed by workers, by outcome."),
     "wxkf_sends_total": ("counter", "Calls to WeChat's send APIs, by API and errcode (0 = ok)."),
+    "wxkf_agent_replies_total": ("counter", "Agents' replies sent by workers, by outcome (sent, undelivered)."),
     "wxkf_undelivered_total": ("counter", "Replies that could not be delivered, by reason."),
     "wxkf_token_refreshes_total": ("counter", "Access-token fetches from WeChat."),
     "wxkf_push_seconds": ("histogram", "Time to acknowledge a push, in the webhook."),

@@ -71,6 +71,7 @@ def metrics():
             ("wxkf_workers_alive", "Workers with a live heartbeat.", len(alive_workers(svc.redis))),
             ("wxkf_undelivered", "Replies kept because WeChat refused or could not be reached.",
              svc.redis.xlen(keys.UNDELIVERED)),
+            ("wxkf_agent_replies_waiting", "Agents' replies queued for a worker to send.", svc.outbox.waiting()),
         ]
         text = svc.metrics.render(gauges)
     except redis.RedisError:

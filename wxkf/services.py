@@ -19,6 +19,7 @@ class Services:
         self._sender = None
         self._knowledge = None
         self._handoffs = None
+        self._outbox = None
 
     @property
     def knowledge(self):
@@ -34,6 +35,13 @@ class Services:
             from .agents.handoff import Handoffs
             self._handoffs = Handoffs(self.redis, hold_seconds=self.config.handoff_seconds)
         return self._handoffs
+
+    @property
+    def outbox(self):
+        if self._outbox is None:
+            from .agents.outbox import Outbox
+            self._outbox = Outbox(self.redis, self.sender, self.handoffs, self.metrics)
+        return self._outbox
 
     @property
     def sender(self):

@@ -35,6 +35,7 @@ class Worker:
         self.redis = svc.redis
         self.inbox = svc.inbox
         self.sender = svc.sender
+        self.outbox = svc.outbox
         self.responder = responder
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.owned = set()
@@ -194,8 +195,10 @@ class Worker:
         pipe.execute()
 
     def run_once(self, block_ms=1000):
-        """One round: pending entries of newly owned shards first, then new entries; stops between
-        entries once asked to. Returns the number handled."""
+        """One round: agents' replies queued by the console, then pending entries of newly owned
+        shards, then new entries; stops between entries once asked to. Returns the number of pushes
+        handled."""
+        self.outbox.drain(self.name)
         with self._lock:
             owned, fresh = sorted(self.owned), sorted(self.fresh)
             self.fresh.clear()
@@ -237,16 +240,19 @@ class Worker:
             self._failing_since = time.monotonic()
         with self._lock:
             self.fresh |= self.owned
+        self.outbox.reread()
         log.error("Redis error (%s); retrying, unacknowledged messages will be read again", exc)
         if "NOGROUP" in str(exc):
             try:
                 self.inbox.ensure_groups()
+                self.outbox.ensure_group()
                 log.warning("the inbox's consumer groups were gone (Redis restarted empty?); recreated them")
             except redis_lib.RedisError as again:
                 log.error("could not recreate the inbox's consumer groups: %s", again)
 
     def run(self):
         self.inbox.ensure_groups()
+        self.outbox.ensure_group()
         self.beat()
         self.balance()
         self._last_balance = time.monotonic()

@@ -11,7 +11,6 @@ from flask import (Blueprint, abort, current_app, flash, g, jsonify, redirect, r
                    session, url_for)
 
 from .. import keys
-from ..errors import WeChatError
 from .accounts import Accounts
 
 _SAFE_NEXT = re.compile(r"/console/[A-Za-z0-9_./%-]*")
@@ -163,20 +162,17 @@ def act(openid, action):
         reply_id = request.form.get("reply_id") or uuid.uuid4().hex
         if not text:
             flash("回复内容不能为空。")
+        elif len(reply_id) > 64:
+            abort(400, "reply_id too long")
+        elif not svc().sender.remaining(openid):
+            flash("未发送：48小时窗口已关闭或5条额度已用完。")
+            h.log(openid, "system", f"客服回复未发送（48小时窗口已关闭或5条额度已用完）：{text}", agent=me)
         else:
-            try:
-                sent = svc().sender.deliver(f"agent:{reply_id}", openid, [text])
-            except WeChatError as exc:
-                sent = 0
-                flash(f"发送失败：{exc}")
-            else:
-                if sent:
-                    h.log(openid, "agent", text, agent=me)
-                    if h.held(openid):
-                        record_first_response(openid)
-                        h.touch(openid, agent=me)
-                else:
-                    flash("未发送：48小时窗口已关闭或5条额度已用完（已记录）。")
+            # Queued for the worker: this process acknowledges pushes and never waits on WeChat.
+            svc().outbox.submit(openid, text, me, reply_id)
+            if h.held(openid):
+                record_first_response(openid)
+                h.touch(openid, agent=me)
     elif action == "note":
         text = (request.form.get("text") or "").strip()
         if text:
