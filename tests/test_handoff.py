@@ -174,3 +174,24 @@ def test_each_new_escalation_notifies_the_wecom_group_robot(fast, client, builde
     assert len(sandbox.state.robot) == 1
     content = sandbox.state.robot[0]["markdown"]["content"]
     assert "urgent" in content and "o_robot" in content
+
+
+def test_a_handoff_started_by_the_webhook_or_by_the_worker_is_the_same_handoff(client, builder, sandbox, svc,
+                                                                              worker):
+    """One definition of a handoff (fields, status, queue score, lifetime, transcript line), whether the
+    webhook starts it atomically with the push or the worker starts it after deciding."""
+    send(client, builder, sandbox, "o_by_webhook", text="我要投诉你们")
+    drain(worker)
+    svc.handoffs.start("o_by_worker", "complaint", 3, via="worker")
+    by_webhook, by_worker = svc.handoffs.get("o_by_webhook"), svc.handoffs.get("o_by_worker")
+    assert by_webhook.pop("via") == "webhook" and by_worker.pop("via") == "worker"
+    assert set(by_webhook) == set(by_worker) == {"status", "reason", "priority", "since", "activity"}
+    assert [by_webhook[k] for k in ("status", "reason", "priority")] == ["waiting", "complaint", "3"]
+    assert [by_worker[k] for k in ("status", "reason", "priority")] == ["waiting", "complaint", "3"]
+    assert abs(svc.redis.ttl(keys.handoff("o_by_webhook")) - svc.redis.ttl(keys.handoff("o_by_worker"))) <= 2
+    scores = dict(svc.redis.zrange(keys.HANDOFFS, 0, -1, withscores=True))
+    assert scores["o_by_webhook"] == pytest.approx(float(by_webhook["since"]) - 300_000)
+    assert scores["o_by_worker"] == pytest.approx(float(by_worker["since"]) - 300_000)
+    lines = [[t["text"] for t in svc.handoffs.transcript(o) if t["role"] == "system"]
+             for o in ("o_by_webhook", "o_by_worker")]
+    assert lines == [["转人工：complaint"], ["转人工：complaint"]]

@@ -16,6 +16,7 @@ import zlib
 import redis as redis_lib
 
 from . import defaults, keys
+from .agents.handoff import start_lua
 from .errors import BadSignature
 
 
@@ -35,10 +36,7 @@ local held = redis.call('EXISTS', KEYS[4])
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   local started = 0
   if held == 0 and ARGV[6] ~= '' then
-    redis.call('HSET', KEYS[4], 'status', 'waiting', 'reason', ARGV[6], 'priority', ARGV[7], 'since', ARGV[8],
-               'activity', ARGV[8], 'via', 'webhook')
-    redis.call('EXPIRE', KEYS[4], ARGV[9])
-    redis.call('ZADD', KEYS[5], tonumber(ARGV[8]) - 100000 * tonumber(ARGV[7]), ARGV[10])
+""" + start_lua("KEYS[4]", "KEYS[5]", "ARGV[6]", "ARGV[7]", "ARGV[8]", "ARGV[9]", "'webhook'", "ARGV[10]") + """
     started = 1
     held = 1
   end

@@ -106,8 +106,7 @@ class Worker:
         if inbound.get("started"):
             # The webhook escalated and answered WeChat with transfer_customer_service.
             state = handoffs.get(openid) or {}
-            handoffs.log(openid, "system", f"转人工：{state.get('reason', '')}", once=push_id,
-                         reason=state.get("reason"))
+            handoffs.announce(openid, state.get("reason", ""), once=push_id)
             return self._escalated(inbound, Decision(Action.ESCALATE, source="escalate", reason=state.get("reason"),
                                                      priority=int(state.get("priority", 0))))
         if inbound.get("held") or handoffs.held(openid):

@@ -27,15 +27,25 @@ class HandoffStatus(str, Enum):
     CLAIMED = "claimed"
 
 
-# Start (or keep) a handoff atomically. Returns 1 when this call created it, 0 when it existed.
-START = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'waiting', 'reason', ARGV[1], 'priority', ARGV[2], 'since', ARGV[3],
-           'activity', ARGV[3], 'via', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('ZADD', KEYS[2], ARGV[3] - 100000 * tonumber(ARGV[2]), ARGV[6])
-return 1
+
+def start_lua(state, index, reason, priority, now, hold, via, openid):
+    """The Lua statements that start a handoff, given the Lua expressions for each value.
+
+    The one definition of a handoff's fields, status, queue score and lifetime: used by START below
+    and by the webhook's enqueue script (`wxkf.inbox`), which starts a handoff in the same atomic
+    step that queues the push that asked for it."""
+    return f"""
+redis.call('HSET', {state}, 'status', '{HandoffStatus.WAITING.value}', 'reason', {reason}, 'priority', {priority},
+           'since', {now}, 'activity', {now}, 'via', {via})
+redis.call('EXPIRE', {state}, {hold})
+redis.call('ZADD', {index}, tonumber({now}) - 100000 * tonumber({priority}), {openid})
 """
+
+
+# Start (or keep) a handoff atomically. Returns 1 when this call created it, 0 when it existed.
+START = ("if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end"
+         + start_lua("KEYS[1]", "KEYS[2]", "ARGV[1]", "ARGV[2]", "ARGV[3]", "ARGV[4]", "ARGV[5]", "ARGV[6]")
+         + "return 1\n")
 
 # Append a transcript line once per (inbound push, role): the marker lives in the push's idempotency hash.
 LOG_ONCE = """
@@ -61,8 +71,12 @@ class Handoffs:
         created = self._start(keys=[keys.handoff(openid), keys.HANDOFFS],
                               args=[reason, priority, self.clock(), self.hold, via, openid])
         if created:
-            self.log(openid, "system", f"转人工：{reason}", reason=reason)
+            self.announce(openid, reason)
         return bool(created)
+
+    def announce(self, openid, reason, once=None):
+        """The transcript line that says a handoff started (once per push with `once`)."""
+        self.log(openid, "system", f"转人工：{reason}", once=once, reason=reason)
 
     def get(self, openid):
         return self.redis.hgetall(keys.handoff(openid)) or None
