@@ -324,7 +324,7 @@ def eval_cmd(ctx, knowledge, min_accuracy, misses, model_scoring, as_json, cases
     look-alikes escalated, two-part questions and follow-ups, through the whole dialogue engine."""
     from pathlib import Path
     from .dialogue.evaluate import (check_labels, evaluate, evaluate_engine, format_report, format_trades,
-                                    read_cases, trade_folders)
+                                    trade_folders)
     if Path(cases).is_dir():
         reports = []
         for folder in trade_folders(cases):

@@ -1,13 +1,27 @@
-"""Admin pages of the console: knowledge editing, unanswered questions, statistics."""
-import time
+"""The console's admin pages: knowledge editing, its history, and the unanswered questions.
 
-from flask import abort, flash, g, redirect, render_template, request, url_for
+A blueprint of its own under /console/kb, behind the console's login and CSRF check and, for every
+view it has, the admin role: a page added here cannot forget the check.
+"""
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
 from .. import keys
 from ..dialogue.decision import Conversation, Message
 from ..errors import KnowledgeError
-from .console import accounts, admin_only, bp, svc
+from .console import accounts, guard, svc
 from .kbedit import Conflict, KnowledgeEditor
+
+bp = Blueprint("admin", __name__, url_prefix="/console/kb")
+
+
+@bp.before_request
+def _admins_only():
+    refused = guard()
+    if refused is not None:
+        return refused
+    if g.user["role"] != "admin":
+        abort(403, "admins only")
+    return None
 
 
 def editor():
@@ -19,8 +33,7 @@ def _lines(field):
     return [x.strip() for x in (request.form.get(field) or "").splitlines() if x.strip()]
 
 
-@bp.get("/kb")
-@admin_only
+@bp.get("")
 def kb_list():
     q = (request.args.get("q") or "").strip()
     kb = svc().knowledge.get()
@@ -42,8 +55,7 @@ def _kb_problems():
     return [p.replace(prefix, "") for p in getattr(error, "problems", [str(error)])]
 
 
-@bp.post("/kb/test")
-@admin_only
+@bp.post("/test")
 def kb_test():
     from ..dialogue.engine import DialogueEngine
     text = (request.form.get("text") or "").strip()
@@ -54,9 +66,8 @@ def kb_test():
                            unanswered=svc().redis.zrevrange(keys.UNANSWERED, 0, 19, withscores=True))
 
 
-@bp.route("/kb/edit/<intent_id>", methods=["GET", "POST"])
-@bp.route("/kb/new", methods=["GET", "POST"], defaults={"intent_id": None})
-@admin_only
+@bp.route("/edit/<intent_id>", methods=["GET", "POST"])
+@bp.route("/new", methods=["GET", "POST"], defaults={"intent_id": None})
 def kb_edit(intent_id):
     kb = svc().knowledge.get()
     intent = kb.intent(intent_id) if intent_id else None
@@ -83,7 +94,7 @@ def kb_edit(intent_id):
         else:
             accounts().audit(g.user["name"], "kb_save", form["id"])
             flash(f"已保存「{form['id']}」，1秒内生效。")
-            return redirect(url_for("console.kb_list"))
+            return redirect(url_for("admin.kb_list"))
     return render_template("kb_edit.html", form=form, problems=problems, existing=bool(intent_id)), status
 
 
@@ -99,54 +110,29 @@ def _apply(change, action, target, done, **detail):
     return True
 
 
-@bp.post("/kb/delete/<intent_id>")
-@admin_only
+@bp.post("/delete/<intent_id>")
 def kb_delete(intent_id):
     _apply(lambda who: editor().delete(intent_id, who=who), "kb_delete", intent_id,
            f"已删除「{intent_id}」，可在历史中回滚。")
-    return redirect(url_for("console.kb_list"))
+    return redirect(url_for("admin.kb_list"))
 
 
-@bp.get("/kb/history")
-@admin_only
+@bp.get("/history")
 def kb_history():
     return render_template("kb_history.html", versions=editor().history())
 
 
-@bp.post("/kb/rollback/<version>")
-@admin_only
+@bp.post("/rollback/<version>")
 def kb_rollback(version):
     _apply(lambda who: editor().rollback(version, who=who), "kb_rollback", version, "已回滚。")
-    return redirect(url_for("console.kb_history"))
+    return redirect(url_for("admin.kb_history"))
 
 
-@bp.post("/kb/example")
-@admin_only
+@bp.post("/example")
 def kb_add_example():
     """Turn an unanswered question into an example of an intent."""
     text, intent_id = (request.form.get("text") or "").strip(), request.form.get("intent", "")
     if _apply(lambda who: editor().add_example(intent_id, text, who=who), "kb_add_example", intent_id,
               f"已把「{text}」加入「{intent_id}」的例句。", text=text):
         svc().redis.zrem(keys.UNANSWERED, text)
-    return redirect(url_for("console.kb_list"))
-
-
-@bp.get("/stats")
-def stats():
-    r = svc().redis
-    days = []
-    today = int(time.time() // 86400)
-    for d in range(today - 13, today + 1):
-        row = r.hgetall(keys.stats_day(d))
-        days.append({"day": time.strftime("%m-%d", time.gmtime(d * 86400)), **{k: int(v) for k, v in row.items()}})
-    sources = ("knowledge", "generated", "suggest", "fallback", "escalate")
-    for day in days:
-        day["total"] = sum(day.get(s, 0) for s in sources)
-    totals = {s: sum(day.get(s, 0) for day in days) for s in sources}
-    reasons = {k.split(":", 1)[1]: int(v) for k, v in r.hgetall(keys.STATS_TOTAL).items() if k.startswith("reason:")}
-    waits = sorted(float(x) for x in r.lrange(keys.FIRST_RESPONSE, 0, -1))
-    median = waits[len(waits) // 2] if waits else None
-    top = r.zrevrange(keys.UNANSWERED, 0, 9, withscores=True)
-    peak = max([day["total"] for day in days] + [1])
-    return render_template("stats.html", days=days, sources=sources, totals=totals, reasons=reasons,
-                           median=median, top=top, peak=peak)
+    return redirect(url_for("admin.kb_list"))

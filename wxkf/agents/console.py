@@ -1,5 +1,4 @@
 """`/console/`: the agent console. Views parse and hand off; state lives in Handoffs and Accounts."""
-import functools
 import hmac
 import os
 import re
@@ -40,7 +39,8 @@ def _inject():
 
 
 @bp.before_request
-def _guard():
+def guard():
+    """Every console page (and the admin blueprint's): a live login, and a CSRF token on POSTs."""
     g.user = None
     name = session.get("user")
     if name:
@@ -59,15 +59,6 @@ def _guard():
             return jsonify(error="login required"), 401
         return redirect(url_for("console.login", next=request.path))
     return None
-
-
-def admin_only(view):
-    @functools.wraps(view)
-    def wrapped(*a, **k):
-        if g.user["role"] != "admin":
-            abort(403, "admins only")
-        return view(*a, **k)
-    return wrapped
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -187,6 +178,28 @@ def act(openid, action):
     return redirect(url_for("console.conversation", openid=openid))
 
 
+@bp.get("/stats")
+def stats():
+    """Statistics for agents and admins: replies per day by source, escalations, first response."""
+    r = svc().redis
+    days = []
+    today = int(time.time() // 86400)
+    for d in range(today - 13, today + 1):
+        row = r.hgetall(keys.stats_day(d))
+        days.append({"day": time.strftime("%m-%d", time.gmtime(d * 86400)), **{k: int(v) for k, v in row.items()}})
+    sources = ("knowledge", "generated", "suggest", "fallback", "escalate")
+    for day in days:
+        day["total"] = sum(day.get(s, 0) for s in sources)
+    totals = {s: sum(day.get(s, 0) for day in days) for s in sources}
+    reasons = {k.split(":", 1)[1]: int(v) for k, v in r.hgetall(keys.STATS_TOTAL).items() if k.startswith("reason:")}
+    waits = sorted(float(x) for x in r.lrange(keys.FIRST_RESPONSE, 0, -1))
+    median = waits[len(waits) // 2] if waits else None
+    top = r.zrevrange(keys.UNANSWERED, 0, 9, withscores=True)
+    peak = max([day["total"] for day in days] + [1])
+    return render_template("stats.html", days=days, sources=sources, totals=totals, reasons=reasons,
+                           median=median, top=top, peak=peak)
+
+
 def record_first_response(openid):
     """Seconds from escalation to the first agent reply, once per handoff, for the statistics page."""
     state = svc().handoffs.get(openid)
@@ -202,9 +215,10 @@ def init_app(app, cfg):
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       SESSION_COOKIE_SECURE=cfg.console_https, SESSION_COOKIE_NAME="wxkf_session",
                       PERMANENT_SESSION_LIFETIME=12 * 3600)
-    from . import admin  # noqa: F401  (registers the admin pages on the console blueprint)
     app.jinja_env.filters.setdefault("datetime", lambda ts: time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)))
     app.register_blueprint(bp)
+    from . import admin
+    app.register_blueprint(admin.bp)
 
 
 def _persistent_secret(cfg):
