@@ -325,12 +325,12 @@ def test_deep_nesting_and_other_encodings_are_400_not_500(client, builder, r, bo
 
 def test_healthz_and_metrics_never_scan_the_keyspace(client, r, svc):
     """With 300k keys a scan took 0.6-0.9 s a call and stalled the acks (issue 8 #10)."""
-    from wxkf import ops
+    from wxkf import liveness
     pipe = r.pipeline(transaction=False)
     for i in range(5000):
         pipe.set(f"wxkf:sent:p{i}", 1)
     pipe.execute()
-    ops.beat(r, "w1", 30)
+    liveness.beat(r, "w1", 30)
     r.config_resetstat()
     for _ in range(3):
         assert client.get("/healthz").get_json()["workers"] == ["w1"]

@@ -82,12 +82,12 @@ def test_one_shoppers_messages_are_answered_in_order(fast, client, builder, sand
 def test_a_crashed_workers_message_is_taken_over_and_answered_once(fast, client, builder, sandbox, r):
     dead = make_worker(fast, "dead")
     push(client, builder, sandbox, "o_crash", text="发票怎么开")
-    taken = fast.inbox.read(sorted(dead.owned), "dead", block_ms=50)
+    taken = fast.inbox.read(sorted(dead.shards.owned), "dead", block_ms=50)
     assert len(taken) == 1  # the dead worker held it and never acknowledged: it "crashed" here
     r.zrem(keys.WORKERS, "dead")
     time.sleep(1.2)  # its leases expire
     heir = make_worker(fast, "heir")
-    assert heir.owned  # took over the dead worker's shards
+    assert heir.shards.owned  # took over the dead worker's shards
     drain(heir)
     assert len(sandbox.sends("o_crash")) == 1
     drain(heir)
@@ -102,7 +102,7 @@ def test_redelivered_message_after_send_is_not_answered_again(fast, client, buil
     # The same push delivered again (e.g. the worker died between send and ack).
     from wxkf.wechat.push import to_inbound
     inbound = to_inbound({k: str(v) for k, v in fields.items()}, "xml")
-    w.process(inbound)
+    w.dispatcher.process(inbound)
     assert len(sandbox.sends("o_twice")) == 1
     # ...and the console's transcript shows the question and the answer once each.
     roles = [line["role"] for line in fast.handoffs.transcript("o_twice")]
@@ -114,8 +114,8 @@ def test_shards_are_shared_between_workers(fast, r):
     b = make_worker(fast, "b")
     a.balance()
     b.balance()
-    assert a.owned and b.owned and not (a.owned & b.owned)
-    assert len(a.owned) + len(b.owned) == fast.inbox.shards
+    assert a.shards.owned and b.shards.owned and not (a.shards.owned & b.shards.owned)
+    assert len(a.shards.owned) + len(b.shards.owned) == fast.inbox.shards
 
 
 def test_a_broken_knowledge_edit_keeps_the_last_good_answers(fast, client, builder, sandbox, tmp_path):
@@ -227,6 +227,17 @@ def test_a_stopping_worker_finishes_the_message_in_hand_and_leaves_the_rest(fast
     assert fast.inbox.stats()[0] == 2  # read, not acknowledged
     w.responder.decide = decide
     w._stop.clear()
-    w.fresh |= w.owned  # a restarted worker re-reads its pending entries first
+    w.shards.reread()  # a restarted worker re-reads its pending entries first
     drain(w)
     assert [len(sandbox.sends(f"o_stop{i}")) for i in range(3)] == [1, 1, 1]
+
+
+def test_the_worker_process_imports_no_flask_code():
+    """The worker is its own process: it loads the dialogue engine, not the web stack (issue 8,
+    structure). Everything `wxkf worker` imports, imported in a fresh interpreter."""
+    import subprocess
+    import sys
+    code = ("import sys, wxkf.cli, wxkf.worker, wxkf.services, wxkf.agents.outbox, wxkf.dialogue.engine\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug', 'jinja2')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -6,26 +6,9 @@ import redis
 from flask import Blueprint, current_app, jsonify, request
 
 from . import keys
+from .liveness import alive_workers
 
 bp = Blueprint("ops", __name__)
-
-
-def alive_workers(r, now=None):
-    """Names of the workers whose liveness has not expired: one range query on a small sorted set."""
-    return sorted(r.zrangebyscore(keys.WORKERS, now or time.time(), "+inf"))
-
-
-def beat(r, name, seconds, now=None):
-    """Mark `name` alive for `seconds`; forget workers that expired long ago."""
-    now = now or time.time()
-    pipe = r.pipeline(transaction=False)
-    pipe.zadd(keys.WORKERS, {name: now + seconds})
-    pipe.zremrangebyscore(keys.WORKERS, "-inf", now - 3600)
-    pipe.execute()
-
-
-def gone(r, name):
-    r.zrem(keys.WORKERS, name)
 
 
 def _authorized():
