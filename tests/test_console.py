@@ -208,7 +208,7 @@ def kb_copy(svc, tmp_path):
     import shutil
     shutil.copytree(svc.config.knowledge_dir, tmp_path / "kb")
     svc.config = dataclasses.replace(svc.config, knowledge=str(tmp_path / "kb"))
-    svc._knowledge = None
+    svc.reload_knowledge()
     return tmp_path / "kb"
 
 
@@ -294,7 +294,7 @@ def test_the_console_opens_with_a_broken_knowledge_base_and_says_what_is_wrong(s
     svc.config = dataclasses.replace(svc.config, knowledge=str(kb), var_dir=str(tmp_path / "var"))
     svc.knowledge.get()  # a good start remembers it
     (kb / "orders.yaml").write_text("intents: [\n")
-    svc._knowledge = None  # as after a restart
+    svc.reload_knowledge()  # as after a restart
     login(client, "root", "battery staple")
     page = client.get("/console/kb")
     assert page.status_code == 200

@@ -224,14 +224,9 @@ def kb_check(ctx, folder):
 
 
 def _engine(ctx, knowledge, generation=None, model_scoring=None):
-    from .dialogue.engine import build_engine
-    cfg = _config(ctx)
+    from .dialogue.engine import engine_from_config
     try:
-        return build_engine(knowledge or cfg.knowledge_dir, cfg.model_path,
-                            model_scoring=cfg.model_scoring if model_scoring is None else model_scoring,
-                            generation=cfg.generation if generation is None else generation,
-                            budget_seconds=cfg.understanding_budget, generation_budget=cfg.generation_budget,
-                            max_reply_chars=cfg.max_reply_chars, model_escalation=cfg.model_escalation)
+        return engine_from_config(_config(ctx), knowledge, generation=generation, model_scoring=model_scoring)
     except KnowledgeError as exc:
         click.echo(f"wxkf: {exc}", err=True)
         sys.exit(1)

@@ -88,7 +88,7 @@ class Dispatcher:
     def _escalated(self, inbound, decision):
         """Tell the shopper a human is coming, and the agents that someone waits."""
         openid = inbound["openid"]
-        kb = self.svc.knowledge.get()
+        kb = self.responder.store.get()  # the store the engine answers from
         self.sender.deliver(inbound["id"], openid, [kb.escalation_reply])
         self.svc.handoffs.log(openid, "bot", kb.escalation_reply, once=inbound["id"], source="escalate")
         notify_robot(self.cfg.robot_webhook, openid, decision.reason, Message.from_inbound(inbound).text)

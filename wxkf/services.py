@@ -1,25 +1,36 @@
-"""The long-lived objects a process builds once from config: Redis, crypto, inbox, metrics, sender."""
+"""The long-lived objects of a process, built once at start-up from config."""
 import logging
 import time
 
 from . import config as config_mod
+from .agents.handoff import Handoffs
+from .agents.outbox import Outbox
 from .inbox import Inbox
 from .metrics import Metrics
 from .store import connect
+from .wechat.api import WeChatAPI
 from .wechat.crypto import PushCrypto
+from .wechat.sender import Sender
 
 
 class Services:
+    """Every long-lived object a process shares, built here once and given to each other explicitly.
+
+    The knowledge store alone is built on first use: a knowledge base that is broken, with no good
+    version remembered, must not keep the webhook and the console from starting (the console says
+    what is wrong). The worker answers from its dialogue engine's own store."""
+
     def __init__(self, cfg=None, redis=None):
-        self.config = cfg or config_mod.load()
-        self.redis = redis or connect(self.config.effective_redis_url)
-        self.crypto = PushCrypto(self.config.token, self.config.aes_key, self.config.appid)
-        self.inbox = Inbox(self.redis, shards=self.config.inbox_shards, dedup_ttl=self.config.dedup_ttl)
+        cfg = self.config = cfg or config_mod.load()
+        self.redis = redis or connect(cfg.effective_redis_url)
+        self.crypto = PushCrypto(cfg.token, cfg.aes_key, cfg.appid)
+        self.inbox = Inbox(self.redis, shards=cfg.inbox_shards, dedup_ttl=cfg.dedup_ttl)
         self.metrics = Metrics(self.redis)
-        self._sender = None
+        self.handoffs = Handoffs(self.redis, hold_seconds=cfg.handoff_seconds)
+        api = WeChatAPI(self.redis, cfg.api_base, cfg.appid, cfg.secret, metrics=self.metrics)
+        self.sender = Sender(self.redis, api, self.metrics, typing=cfg.typing)
+        self.outbox = Outbox(self.redis, self.sender, self.handoffs, self.metrics)
         self._knowledge = None
-        self._handoffs = None
-        self._outbox = None
 
     @property
     def knowledge(self):
@@ -29,26 +40,9 @@ class Services:
                                              snapshot=self.config.var_path / "knowledge-last-good.json")
         return self._knowledge
 
-    @property
-    def handoffs(self):
-        if self._handoffs is None:
-            from .agents.handoff import Handoffs
-            self._handoffs = Handoffs(self.redis, hold_seconds=self.config.handoff_seconds)
-        return self._handoffs
-
-    @property
-    def outbox(self):
-        if self._outbox is None:
-            from .agents.outbox import Outbox
-            self._outbox = Outbox(self.redis, self.sender, self.handoffs, self.metrics)
-        return self._outbox
-
-    @property
-    def sender(self):
-        if self._sender is None:
-            from .wechat.sender import Sender
-            self._sender = Sender.from_services(self)
-        return self._sender
+    def reload_knowledge(self):
+        """Forget the knowledge store (as a restart would): the next use loads the folder again."""
+        self._knowledge = None
 
 
 class _Formatter(logging.Formatter):

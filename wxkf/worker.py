@@ -129,12 +129,8 @@ class Worker:
 
 def build_responder(cfg):
     """The dialogue engine over the knowledge folder; the model is loaded here, once per process."""
-    from .dialogue.engine import build_engine
-    return build_engine(cfg.knowledge_dir, cfg.model_path, model_scoring=cfg.model_scoring,
-                        model_escalation=cfg.model_escalation,
-                        generation=cfg.generation, budget_seconds=cfg.understanding_budget,
-                        generation_budget=cfg.generation_budget, max_reply_chars=cfg.max_reply_chars,
-                        background_reload=True, snapshot=cfg.var_path / "knowledge-last-good.json")
+    from .dialogue.engine import engine_from_config
+    return engine_from_config(cfg, worker=True)
 
 
 def wait_for_redis(r, seconds=30):

@@ -294,3 +294,17 @@ def build_engine(knowledge_dir, model_path=None, model_scoring=True, generation=
         generator = Generator(llm, budget_seconds=generation_budget, max_chars=max_reply_chars)
     return DialogueEngine(store, generator, llm=llm if model_scoring else None, budget_seconds=budget_seconds,
                           background_reload=background_reload, read_escalation=model_escalation).warm_up()
+
+
+def engine_from_config(cfg, knowledge=None, generation=None, model_scoring=None, worker=False):
+    """The dialogue engine as configured: the one way the worker and every CLI command build it.
+    `worker`: reload edited files on a background thread and start from the last good version of
+    a broken knowledge base (kept under var/). The CLI may override the folder and switches."""
+    return build_engine(knowledge or cfg.knowledge_dir, cfg.model_path,
+                        model_scoring=cfg.model_scoring if model_scoring is None else model_scoring,
+                        generation=cfg.generation if generation is None else generation,
+                        model_escalation=cfg.model_escalation, budget_seconds=cfg.understanding_budget,
+                        generation_budget=cfg.generation_budget, max_reply_chars=cfg.max_reply_chars,
+                        background_reload=worker,
+                        snapshot=cfg.var_path / "knowledge-last-good.json" if worker else None)
+

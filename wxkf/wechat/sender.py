@@ -10,7 +10,6 @@ import time
 
 from .. import defaults, keys
 from ..errors import QuotaExceeded, WeChatError, WeChatTimeout
-from .api import WeChatAPI
 
 log = logging.getLogger("wxkf.sender")
 
@@ -113,12 +112,6 @@ class Sender:
         # {push_id: {field: value}}. Consulted before sending and written first once Redis is back,
         # so the redelivered message does not send the part again.
         self._unrecorded = {}
-
-    @classmethod
-    def from_services(cls, svc):
-        cfg = svc.config
-        api = WeChatAPI(svc.redis, cfg.api_base, cfg.appid, cfg.secret, metrics=svc.metrics)
-        return cls(svc.redis, api, svc.metrics, typing=cfg.typing)
 
     # -- the window ----------------------------------------------------------------------------
     def open_window(self, openid, trigger, at, push_id=None):
