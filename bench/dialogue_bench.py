@@ -106,7 +106,8 @@ def latency(llm):
     print(f"messages per second per worker: {len(texts) / total:.1f}; model asked for "
           f"{used / len(texts[::3]):.0%} of messages, {statistics.mean(cands):.1f} intents scored on average")
     print(f"scorer preparation (all intents' prompts, at start-up and on knowledge change): "
-          f"{u.scorer.prepare_seconds:.1f} s")
+          f"{u.scorer.prepare_seconds:.1f} s, and reading every intent's examples and title: "
+          f"{u.scorer.reading_seconds:.1f} s")
     print()
 
 

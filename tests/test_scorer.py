@@ -163,3 +163,32 @@ def test_model_escalation_off_leaves_escalation_to_the_rules(llm):
     assert engine.reader is None
     assert say(engine, "我爸在大堂突然倒地了 叫他也没反应").action != Action.ESCALATE
     assert say(engine, "转人工").action == Action.ESCALATE
+
+
+@pytest.mark.parametrize("text, intent", [("小泰迪放包里带上去行不行", "pets"),
+                                          ("压的钱多久能回到卡里", "deposit"),
+                                          ("高铁早上9点到 到了能直接住进去吗", "checkin_time")])
+def test_the_models_reading_brings_candidates_no_word_points_to(hotel, text, intent):
+    """The lexical top 3 of these holds no right intent (no shared word); the model's reading of the
+    message, taken anyway for escalation, finds the intents whose examples read like it."""
+    u = hotel.understanding()
+    assert intent not in [r.intent_id for r in u.lexical.rank(text)[:3]]
+    reading = u.scorer.read(text)
+    assert intent in [i for i, _ in u.scorer.nearest(reading, 2)]
+    without, with_reading = u.read(text).ranked, u.read(text, reading=reading).ranked
+    assert intent not in [r.intent_id for r in without if r.confidence > 0]
+    assert with_reading[0].intent_id == intent
+
+
+def test_without_the_escalation_reader_the_candidates_are_lexical(llm):
+    engine = DialogueEngine(KnowledgeStore(HOTEL), llm=llm, read_escalation=False).warm_up()
+    assert engine.understanding().scorer.centroids == {}
+    assert engine.understanding().scorer.nearest([0.0] * 640, 2) == []
+
+
+def test_a_question_that_shares_no_word_with_its_intent_is_offered_it_not_the_fallback(hotel):
+    """No word in common used to mean the fallback whatever the model read; when the model's reading
+    agrees with its scoring, that is evidence too, so the shopper gets the intent (answered or offered)."""
+    decision = say(hotel, "小泰迪放包里带上去行不行")
+    assert decision.source in ("knowledge", "suggest")
+    assert decision.intent == "pets" or "pets" in decision.suggestions

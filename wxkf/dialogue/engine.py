@@ -96,6 +96,10 @@ class DialogueEngine:
     def _build(self, kb):
         try:
             scorer = build_scorer(kb, self.llm)
+            if self.reader is not None:
+                # The message's reading (taken anyway for escalation) also proposes candidates.
+                scorer.learn_readings({i.id: [*i.examples, i.title] for i in kb.intents},
+                                      self.reader.mean, self.reader.scale)
         except Exception:  # the bot answers without the model rather than not at all
             log.exception("could not build the model scorer; understanding without the model")
             scorer = None
@@ -148,14 +152,18 @@ class DialogueEngine:
         esc = escalation_mod.detect(text, kb.escalation_keywords, conversation.turns)
         if esc is None and self._repeated(text, conversation):
             esc = escalation_mod.Escalation("repeated_failure", escalation_mod.PRIORITY["repeated_failure"], "repeat")
+        reading = None
         if esc is None and self.reader is not None and u.scorer is not None and not escalation_mod.defused(text):
-            esc = self.reader.detect(u.scorer.read(text))  # what no cue word says: "叫他也没反应"
+            reading = u.scorer.read(text)
+            esc = self.reader.detect(reading)  # what no cue word says: "叫他也没反应"
         if esc is not None:
             return Decision(Action.ESCALATE, kb.escalation_reply, source="escalate", reason=esc.reason,
                             priority=esc.priority)
-        return self._understand(text, conversation, u)
+        return self._understand(text, conversation, u, reading)
 
-    def _understand(self, text, conversation, u):
+    def _understand(self, text, conversation, u, reading=None):
+        """`reading`: the model's reading of the whole message, which proposes candidate intents for a
+        message of one question."""
         parts = segment.clauses(text)
         if not parts:
             return self._politeness(text, u)
@@ -164,7 +172,7 @@ class DialogueEngine:
             if decision is not None:
                 return decision
         question = " ".join(parts)
-        ranked = self._read_in_context(question, conversation, u)
+        ranked = self._read_in_context(question, conversation, u, reading)
         return self._gate(question, ranked, u)
 
     def _gate(self, text, ranked, u):
@@ -225,11 +233,11 @@ class DialogueEngine:
                 return self._suggest(tops[:3], kb, tops[0], tops[1].intent_id)
         return None
 
-    def _read_in_context(self, text, conversation, u):
+    def _read_in_context(self, text, conversation, u, reading=None):
         """A short follow-up leans on the previous question. One that switches topic ("那早餐呢",
         "还有停车呢") is read on its own; one that asks about the same thing ("收费吗", "要多久") is read
         together with the previous question, unless it is unmistakably about something else."""
-        own = u.read(text).ranked
+        own = u.read(text, reading=reading).ranked
         prev = conversation.last("user")
         if not prev or not segment.looks_like_follow_up(text):
             return own

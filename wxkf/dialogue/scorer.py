@@ -70,6 +70,9 @@ class ModelScorer:
         self.max_candidates = max_candidates
         self._lock = threading.Lock()
         self._buf = None
+        self.centroids = {}   # intent id -> unit vector in reading space (learn_readings)
+        self._standard = None
+        self.reading_seconds = 0.0
         self.n_embd = llama_cpp.llama_model_n_embd(llm.model)
         prompts = dict(prompts)
         prompts.setdefault(NEUTRAL, NEUTRAL_PROMPT)
@@ -194,6 +197,32 @@ class ModelScorer:
             finally:
                 self._ll.llama_set_embeddings(self.ctx, False)
                 self._ll.llama_memory_seq_rm(self.mem, seq, start, -1)
+
+    def learn_readings(self, texts, mean, scale):
+        """Where each intent lies in reading space: the mean of its texts' readings (`read`), after
+        standardising with `mean` and `scale` (the escalation reader's, fitted with the model), as a
+        unit vector. `texts`: {intent id: [its examples and title]}. ~0.1 s a text, at load time."""
+        started = time.monotonic()
+        centroids = {}
+        for intent_id, items in texts.items():
+            vecs = [(v - mean) / scale for v in (self.read(t) for t in items) if v is not None]
+            if vecs:
+                c = np.mean(vecs, axis=0)
+                centroids[intent_id] = c / (np.linalg.norm(c) + 1e-9)
+        self._standard = (mean, scale)
+        self.centroids = centroids
+        self.reading_seconds = time.monotonic() - started
+
+    def nearest(self, reading, k):
+        """[(intent id, cosine)] of the `k` intents whose readings are most like this message's, best
+        first."""
+        if not self.centroids or reading is None:
+            return []
+        mean, scale = self._standard
+        u = (reading - mean) / scale
+        u = u / (np.linalg.norm(u) + 1e-9)
+        cos = {i: float(u @ c) for i, c in self.centroids.items()}
+        return sorted(cos.items(), key=lambda p: -p[1])[:k]
 
     def _collect(self, rows, spans, msg):
         # Logits come back in batch order for the rows that asked for them.
