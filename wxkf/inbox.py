@@ -18,6 +18,7 @@ import redis as redis_lib
 from . import defaults, keys
 from .agents.handoff import start_lua
 from .errors import BadSignature
+from .store import ensure_group
 
 
 class Replayed(BadSignature):
@@ -148,11 +149,7 @@ class Inbox:
     # -- worker side --------------------------------------------------------------------------
     def ensure_groups(self):
         for shard in range(self.shards):
-            try:
-                self.redis.xgroup_create(keys.inbox(shard), keys.INBOX_GROUP, id="0", mkstream=True)
-            except redis_lib.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            ensure_group(self.redis, keys.inbox(shard), keys.INBOX_GROUP)
 
     def try_lease(self, shard, owner, seconds):
         return bool(self.redis.set(keys.shard_lease(shard), owner, nx=True, px=int(seconds * 1000)))

