@@ -60,6 +60,27 @@ def read_protos(kbs):
     return cached
 
 
+def load_readings():
+    """(knowledge bases, message readings, intent-text readings, standardise, unit) for the
+    development trades; `standardise(v)`: a reading standardised over all of them; `unit(v)`: the
+    same as a unit vector."""
+    data = fit_escalation.trades()
+    reading = fit_escalation.read_all(data)
+    kbs = {name: load(fit_escalation.FOLDERS[name] / "knowledge") for name in data}
+    protos = read_protos(kbs)
+    allv = np.stack(list(reading.values()) + list(protos.values())).astype(np.float64)
+    mu, sd = allv.mean(0), allv.std(0) + 1e-6
+
+    def standardise(v):
+        return (np.asarray(v, dtype=np.float64) - mu) / sd
+
+    def unit(v):
+        v = standardise(v)
+        return v / (np.linalg.norm(v) + 1e-9)
+
+    return kbs, reading, protos, standardise, unit
+
+
 class Trade:
     def __init__(self, name, kb, cases, reading, protos):
         self.name = name

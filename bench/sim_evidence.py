@@ -24,11 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from wxkf.dialogue.engine import ANSWER_AT, OPTION_AT, SUGGEST_AT  # noqa: E402
 from wxkf.dialogue.intent import IntentClassifier  # noqa: E402
-from wxkf.dialogue.knowledge import load  # noqa: E402
 from wxkf.dialogue.scorer import NEUTRAL  # noqa: E402
 from wxkf.dialogue.understand import CALIBRATION as CAL  # noqa: E402
 
-import fit_escalation  # noqa: E402
 import fit_intent_reader as fir  # noqa: E402
 
 DEV = ROOT / "tests" / "eval" / "trades"
@@ -39,16 +37,7 @@ def sigmoid(x):
 
 
 def main():
-    data = fit_escalation.trades()
-    reading = fit_escalation.read_all(data)
-    kbs = {name: load(fit_escalation.FOLDERS[name] / "knowledge") for name in data}
-    protos = fir.read_protos(kbs)
-    allv = np.stack(list(reading.values()) + list(protos.values())).astype(np.float64)
-    mu, sd = allv.mean(0), allv.std(0) + 1e-6
-
-    def unit(v):
-        v = (np.asarray(v, dtype=np.float64) - mu) / sd
-        return v / (np.linalg.norm(v) + 1e-9)
+    kbs, reading, protos, _, unit = fir.load_readings()
 
     rows_all = []
     for path in sorted((ROOT / "var" / "fit-cache").glob("*.json")):

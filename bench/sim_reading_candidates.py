@@ -23,7 +23,6 @@ from wxkf.dialogue.knowledge import load  # noqa: E402
 from wxkf.dialogue.scorer import NEUTRAL  # noqa: E402
 from wxkf.dialogue.understand import CALIBRATION as CAL  # noqa: E402
 
-import fit_escalation  # noqa: E402
 import fit_intent_reader as fir  # noqa: E402
 from fit_lexical import fit  # noqa: E402
 
@@ -43,23 +42,15 @@ def cases_of(trade, reading, protos):
 
 
 def main():
-    data = fit_escalation.trades()
-    reading = fit_escalation.read_all(data)
-    kbs = {name: load(fit_escalation.FOLDERS[name] / "knowledge") for name in data}
-    protos = fir.read_protos(kbs)
-    allv = np.stack(list(reading.values()) + list(protos.values())).astype(np.float64)
-    mu, sd = allv.mean(0), allv.std(0) + 1e-6
-
-    def unit(v):
-        v = (np.asarray(v, dtype=np.float64) - mu) / sd
-        return v / (np.linalg.norm(v) + 1e-9)
+    kbs, reading, protos, standardise, unit = fir.load_readings()
 
     trades = [p.stem for p in sorted((ROOT / "var" / "fit-cache").glob("*.json"))]
     samples = {}   # variant -> list of (trade, features, right, is_oos)
     missing = 0
     for trade in trades:
         kb, clf, ids, owner, rows = cases_of(trade, reading, protos)
-        cent = {i: unit(np.mean([(np.asarray(v) - mu) / sd for v in vs], axis=0) * sd + mu) for i, vs in owner.items()}
+        cent = {i: c / np.linalg.norm(c) for i, c in
+                ((i, np.mean([standardise(v) for v in vs], axis=0)) for i, vs in owner.items())}
         for r in rows:
             text = r["text"]
             if (trade, text) not in reading:
