@@ -69,8 +69,10 @@ def cfg(redis_url):
 
 @pytest.fixture(scope="session")
 def _sandbox_server():
+    from wxkf.wecom.simulate import KfCallbackBuilder
     demo = config_mod.load(env={})
-    sb = Sandbox(create_sandbox(demo.appid, demo.secret))
+    wecom = (demo.corpid, demo.kf_secret, KfCallbackBuilder(demo.kf_token, demo.kf_aes_key, demo.corpid))
+    sb = Sandbox(create_sandbox(demo.appid, demo.secret, wecom=wecom))
     yield sb
     sb.close()
 
@@ -79,6 +81,7 @@ def _sandbox_server():
 def sandbox(_sandbox_server):
     """The WeChat API sandbox, emptied for each test."""
     _sandbox_server.state.reset()
+    _sandbox_server.state.kf.reset()
     _sandbox_server.state.token_lifetime = 7200
     _sandbox_server.state.daily_send_quota = 500_000
     return _sandbox_server
@@ -86,7 +89,7 @@ def sandbox(_sandbox_server):
 
 @pytest.fixture
 def svc(cfg, sandbox, r):
-    cfg = dataclasses.replace(cfg, api_base=sandbox.url)
+    cfg = dataclasses.replace(cfg, api_base=sandbox.url, wecom_api_base=sandbox.url)
     return Services(cfg, redis=r)
 
 
@@ -134,7 +137,7 @@ class Stack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, WXKF_CONFIG=str(ROOT / "conf" / "wxkf.toml"), WXKF_REDIS_URL=redis_url,
-                        WXKF_API_BASE=sandbox.url, WXKF_BIND=f"127.0.0.1:{self.port}",
+                        WXKF_API_BASE=sandbox.url, WXKF_WECOM_API_BASE=sandbox.url, WXKF_BIND=f"127.0.0.1:{self.port}",
                         WXKF_KNOWLEDGE=str(knowledge or ROOT / "knowledge"), WXKF_LEASE_SECONDS="2",
                         WXKF_HEARTBEAT_SECONDS="0.5", WXKF_WEB_WORKERS=str(web_workers), PYTHONUNBUFFERED="1",
                         WXKF_GENERATION=os.environ.get("WXKF_TEST_GENERATION", "false"),

@@ -46,12 +46,23 @@ def test_a_production_config_that_forgets_the_token_does_not_start(tmp_path):
     assert "token:" in str(info.value)
 
 
-@pytest.mark.parametrize("key", ["token", "aes_key", "appid", "secret"])
+REAL = {"WXKF_SANDBOX": "false", "WXKF_TOKEN": "realtoken123",
+        "WXKF_AES_KEY": "zyxwvutsrqponmlkjihgfedcba9876543210ZYXWVUT",
+        "WXKF_APPID": "wx1234567890abcdef", "WXKF_SECRET": "s3cret",
+        "WXKF_CORPID": "ww1234567890abcdef", "WXKF_KF_SECRET": "kfs3cret", "WXKF_KF_TOKEN": "realkftoken",
+        "WXKF_KF_AES_KEY": "zyxwvutsrqponmlkjihgfedcba9876543210ZYXWVUT"}
+
+
+@pytest.mark.parametrize("key", ["token", "aes_key", "appid", "secret", "corpid", "kf_secret", "kf_token",
+                                 "kf_aes_key"])
 def test_demo_credentials_refuse_to_start_outside_the_sandbox(key):
     with pytest.raises(ConfigError) as info:
-        config_mod.load(env={"WXKF_SANDBOX": "false", "WXKF_TOKEN": "realtoken123",
-                             "WXKF_AES_KEY": "zyxwvutsrqponmlkjihgfedcba9876543210ZYXWVUT",
-                             "WXKF_APPID": "wx1234567890abcdef", "WXKF_SECRET": "s3cret",
-                             f"WXKF_{key.upper()}": config_mod.DEMO[key]})
+        config_mod.load(env=dict(REAL, **{f"WXKF_{key.upper()}": config_mod.DEMO[key]}))
     assert f"{key}: still the demo value" in str(info.value)
     assert str(info.value).count("demo value") == 1
+
+
+def test_the_demo_wecom_keys_emptied_switch_the_channel_off():
+    cfg = config_mod.load(env=dict(REAL, WXKF_CORPID="", WXKF_KF_SECRET="", WXKF_KF_TOKEN="", WXKF_KF_AES_KEY=""))
+    assert not cfg.wecom_enabled
+    assert config_mod.load(env=REAL).wecom_enabled

@@ -9,6 +9,7 @@ def create_app(config=None, services=None):
     from .agents import console
     from .services import Services
     from .wechat import webhook
+    from .wecom import callback
 
     app = Flask(__name__, template_folder="../templates")
     svc = services or Services(config)
@@ -16,6 +17,7 @@ def create_app(config=None, services=None):
     app.extensions["wxkf"] = svc
     app.config["MAX_CONTENT_LENGTH"] = None  # the webhook enforces its own limit with a clear 413
     app.register_blueprint(webhook.bp)
+    app.register_blueprint(callback.bp)
     app.register_blueprint(ops.bp)
     console.init_app(app, svc.config)
     if svc.config.trusted_proxies:

@@ -111,8 +111,12 @@ def sandbox(ctx, webhook):
     import logging
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # request lines carry access tokens
     host, port = cfg.sandbox_bind.rsplit(":", 1)
+    wecom = None
+    if cfg.wecom_enabled:
+        from .wecom.simulate import KfCallbackBuilder
+        wecom = (cfg.corpid, cfg.kf_secret, KfCallbackBuilder(cfg.kf_token, cfg.kf_aes_key, cfg.corpid))
     app = create_sandbox(cfg.appid, cfg.secret, PushBuilder(cfg.token, cfg.aes_key, cfg.appid),
-                         webhook or f"http://{cfg.bind}")
+                         webhook or f"http://{cfg.bind}", wecom=wecom)
     run_simple(host, int(port), app, threaded=True)
 
 

@@ -27,6 +27,8 @@ class Config:
     kf_secret: str = ""
     kf_token: str = ""
     kf_aes_key: str = ""
+    kf_handoff: str = "pool"
+    kf_servicer: str = ""
     redis_url: str = ""
     api_base: str = "https://api.weixin.qq.com"
     wecom_api_base: str = "https://qyapi.weixin.qq.com"
@@ -80,6 +82,11 @@ class Config:
         return self.var_path / "models" / "gemma-3-270m-q4_k_m.gguf"
 
     @property
+    def wecom_enabled(self):
+        """The WeCom 微信客服 channel is on when its four credentials are set."""
+        return bool(self.corpid and self.kf_secret and self.kf_token and self.kf_aes_key)
+
+    @property
     def embedded_redis_url(self):
         return f"unix://{self.var_path / 'redis.sock'}"
 
@@ -99,8 +106,12 @@ class Config:
 
 
 DEMO = {"token": "wxkfdemotoken", "aes_key": "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
-        "appid": "wxdemo0000000000", "secret": "demosecret"}
+        "appid": "wxdemo0000000000", "secret": "demosecret",
+        "corpid": "wwdemo0000000000", "kf_secret": "demokfsecret", "kf_token": "wxkfdemokftoken",
+        "kf_aes_key": "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq"}
 """The demo credentials published in conf/wxkf.toml: only ever valid against the local sandbox."""
+
+WECOM_KEYS = ("corpid", "kf_secret", "kf_token", "kf_aes_key")
 
 ZERO_OK = {"trusted_proxies"}
 """Numeric keys for which 0 is meaningful."""
@@ -149,8 +160,9 @@ def _validate(cfg, problems):
     if not cfg.sandbox:
         for key, demo in DEMO.items():
             if getattr(cfg, key) == demo:
+                extra = " or remove the four WeCom keys (channel off)" if key in WECOM_KEYS else ""
                 problems.append(f"{key}: still the demo value published with wxkf; with sandbox = false set "
-                                f"your own (anyone could sign pushes with the published one)")
+                                f"your own{extra} (anyone could sign pushes with the published one)")
     if not re.fullmatch(r"[A-Za-z0-9]{3,32}", cfg.token):
         problems.append("token: must be 3-32 letters or digits (as the WeChat console requires)")
     if not _valid_aes_key(cfg.aes_key):
@@ -167,10 +179,28 @@ def _validate(cfg, problems):
     for key in ("bind", "sandbox_bind"):
         if not re.fullmatch(r"[^\s:]+:\d{1,5}", getattr(cfg, key)):
             problems.append(f"{key}: must be HOST:PORT")
-    if cfg.kf_aes_key and not _valid_aes_key(cfg.kf_aes_key):
-        problems.append("kf_aes_key: must be the 43-character EncodingAESKey")
+    _validate_wecom(cfg, problems)
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append("log_level: one of DEBUG, INFO, WARNING, ERROR")
+
+
+def _validate_wecom(cfg, problems):
+    wecom = {"corpid": cfg.corpid, "kf_secret": cfg.kf_secret, "kf_token": cfg.kf_token, "kf_aes_key": cfg.kf_aes_key}
+    if any(wecom.values()) and not all(wecom.values()):
+        missing = ", ".join(k for k, v in wecom.items() if not v)
+        problems.append(f"{missing}: the WeCom 微信客服 channel needs corpid, kf_secret, kf_token and kf_aes_key "
+                        f"together (unset all four to switch it off)")
+    if cfg.corpid and not re.fullmatch(r"[A-Za-z0-9]{1,64}", cfg.corpid):
+        problems.append("corpid: must be the CorpID from WeCom's admin console (我的企业 → 企业ID)")
+    if cfg.kf_token and not re.fullmatch(r"[A-Za-z0-9]{1,32}", cfg.kf_token):
+        problems.append("kf_token: must be 1-32 letters or digits (as WeCom's callback settings require)")
+    if cfg.kf_aes_key and not _valid_aes_key(cfg.kf_aes_key):
+        problems.append("kf_aes_key: must be the 43-character EncodingAESKey")
+    if cfg.kf_handoff not in ("pool", "servicer", "console"):
+        problems.append("kf_handoff: one of pool (WeCom's waiting pool), servicer (kf_servicer takes it), "
+                        "console (agents answer in the wxkf console)")
+    elif cfg.kf_handoff == "servicer" and not cfg.kf_servicer:
+        problems.append("kf_servicer: required with kf_handoff = \"servicer\" (the servicer's WeCom userid)")
 
 
 def load(path=None, env=None, **overrides):

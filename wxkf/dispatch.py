@@ -12,7 +12,7 @@ import redis as redis_lib
 
 from . import defaults, keys
 from .dialogue.decision import Action, Decision, Message
-from .errors import WeChatError
+from .errors import SessionNotOurs, WeChatError
 from .wechat.push import MESSAGE_TYPES
 
 log = logging.getLogger("wxkf.worker")
@@ -33,12 +33,19 @@ class Dispatcher:
         """Handle one push: window bookkeeping, handoff, typing, decision, reply. Returns the Decision."""
         openid, push_id = inbound["openid"], inbound["id"]
         kind = inbound["type"]
-        if kind in MESSAGE_TYPES:
-            self.sender.open_window(openid, "message", inbound["create_time"], push_id)
+        wecom = inbound.get("channel") == "wecom"
+        sender = self.svc.kf.sender if wecom else self.sender
+        if kind in MESSAGE_TYPES and inbound.get("origin", 3) == 3:
+            sender.open_window(openid, "message", inbound["create_time"], push_id)
         elif inbound["event"]:
-            self.sender.open_window(openid, inbound["event"], inbound["create_time"], push_id)
+            sender.open_window(openid, inbound["event"], inbound["create_time"], push_id)
         message = Message.from_inbound(inbound)
         handoffs = self.svc.handoffs
+        if wecom:
+            handled = self.svc.kf.handle(inbound, self.responder.store.get())
+            if handled is not None:
+                source, text = handled
+                return Decision(Action.REPLY if text else Action.SILENT, text, source=source)
         if inbound["event"] in ("kf_create_session", "kf_switch_session"):
             handoffs.touch(openid, agent=inbound["fields"].get("KfAccount") or inbound["fields"].get("ToKfAccount"),
                            claim=True)
@@ -58,13 +65,20 @@ class Dispatcher:
             return Decision(Action.SILENT, source="human")  # a human has this conversation
         if (message.kind == "text" and time.time() - inbound["create_time"] < defaults.TYPING_WINDOW
                 and not self.redis.hexists(keys.sent(push_id), "plan")):
-            self.sender.typing(openid)
+            sender.typing(openid)
         decision = self._decide_once(push_id, openid, message)
         if decision.action == Action.ESCALATE:
             handoffs.start(openid, decision.reason or "request", decision.priority, via="worker")
             return self._escalated(inbound, decision)
         if decision.action != Action.SILENT and decision.text:
-            self.sender.deliver(push_id, openid, [decision.text])
+            try:
+                sender.deliver(push_id, openid, [decision.text])
+            except SessionNotOurs:
+                # WeCom: a servicer took the session (or it ended) since we last heard; say nothing.
+                self.svc.kf.session_lost(openid)
+                return Decision(Action.SILENT, source="human")
+            if wecom:
+                self.svc.kf.answered(openid)
             handoffs.log(openid, "bot", decision.text, once=push_id, source=decision.source, intent=decision.intent)
         return decision
 
@@ -89,11 +103,31 @@ class Dispatcher:
         """Tell the shopper a human is coming, and the agents that someone waits."""
         openid = inbound["openid"]
         kb = self.responder.store.get()  # the store the engine answers from
-        self.sender.deliver(inbound["id"], openid, [kb.escalation_reply])
-        self.svc.handoffs.log(openid, "bot", kb.escalation_reply, once=inbound["id"], source="escalate")
+        if inbound.get("channel") == "wecom":
+            self._escalated_wecom(inbound, kb)
+        else:
+            self.sender.deliver(inbound["id"], openid, [kb.escalation_reply])
+            self.svc.handoffs.log(openid, "bot", kb.escalation_reply, once=inbound["id"], source="escalate")
         notify_robot(self.cfg.robot_webhook, openid, decision.reason, Message.from_inbound(inbound).text)
         return Decision(Action.ESCALATE, kb.escalation_reply, source="escalate", reason=decision.reason,
                         priority=decision.priority)
+
+    def _escalated_wecom(self, inbound, kb):
+        """WeCom: the promise first (the API may send only while the session is the bot's), then the
+        session moves to WeCom's pool or a servicer (`kf_handoff`), said in the transcript."""
+        openid, kf = inbound["openid"], self.svc.kf
+        try:
+            kf.sender.deliver(inbound["id"], openid, [kb.escalation_reply])
+            self.svc.handoffs.log(openid, "bot", kb.escalation_reply, once=inbound["id"], source="escalate")
+        except SessionNotOurs:
+            kf.session_lost(openid)
+            return
+        try:
+            where = kf.transfer(openid)
+        except WeChatError as exc:
+            log.error("WeCom transfer of %s failed: %s; agents can answer from the console", openid, exc)
+            where = f"转入企业微信客服失败（{exc.errcode if exc.errcode is not None else '网络'}），请在控制台接待"
+        self.svc.handoffs.log(openid, "system", where, once=inbound["id"] + ":transfer")
 
     def handle(self, shard, entry_id, inbound):
         """Process one entry and acknowledge it; a RedisError leaves it unacknowledged (read again)."""

@@ -12,7 +12,8 @@
         │   └── WeChatTimeout    sent, but no answer in time: it may have arrived (never retried)
         └── WeChatApiError       WeChat answered with an errcode (retryable only for -1 system busy)
             ├── TokenInvalid     40001/40014/42001: refresh the token once and retry
-            └── QuotaExceeded    45015/45047/45009: the window or quota rules forbid this send now
+            ├── QuotaExceeded    45015/45047/45009 (WeCom 95001/95002): the window or quota rules forbid this send now
+            └── SessionNotOurs   WeCom 95018/95013: a human (or nobody) holds the 微信客服 session, the API may not send
 """
 
 
@@ -79,12 +80,18 @@ class TokenInvalid(WeChatApiError):
 
 
 class QuotaExceeded(WeChatApiError):
-    CODES = (45015, 45047, 45009)
+    CODES = (45015, 45047, 45009, 95001, 95002)
+
+
+class SessionNotOurs(WeChatApiError):
+    """WeCom 微信客服: the session is with a human servicer, queued, or ended (protocol ref. 5.6), so
+    `kf/send_msg` is refused. Not a fault: the bot must stay silent until the session comes back."""
+    CODES = (95018, 95013)
 
 
 def api_error(errcode, errmsg="", path=""):
     """The most specific WeChatApiError for an errcode."""
-    for cls in (TokenInvalid, QuotaExceeded):
+    for cls in (TokenInvalid, QuotaExceeded, SessionNotOurs):
         if int(errcode) in cls.CODES:
             return cls(errcode, errmsg, path)
     return WeChatApiError(errcode, errmsg, path)

@@ -114,3 +114,28 @@ STATS_TOTAL = f"{NS}:stats:total"
 
 FIRST_RESPONSE = f"{NS}:stats:first_response"
 """List of seconds from escalation to the first agent reply (last 1000)."""
+
+
+# -- WeCom 微信客服 (wxkf.wecom) ------------------------------------------------------------------
+KF_WAKE = f"{NS}:kf:wake"
+"""Hash: open_kfid -> the Token of its latest callback. An entry means "messages wait to be pulled";
+it is removed only by the pull that saw that very token through to the end."""
+
+KF_RETRY = f"{NS}:kf:retry"
+"""Hash: open_kfid -> "time:failures" before which a failed pull is not tried again."""
+
+
+def kf_cursor(open_kfid):
+    """sync_msg's `next_cursor` for one 微信客服 account, saved after every page."""
+    return f"{NS}:kf:cursor:{open_kfid}"
+
+
+def kf_pull_lock(open_kfid):
+    """Held by the one process pulling an account's messages."""
+    return f"{NS}:kf:pull:{open_kfid}"
+
+
+def kf_user(external_userid):
+    """Hash: the 微信客服 account a WeCom customer talks to, and the session state last known
+    (open_kfid, state, servicer, at). Its presence marks a conversation as a WeCom one."""
+    return f"{NS}:kf:user:{external_userid}"

@@ -20,6 +20,8 @@ FAMILIES = {
     "wxkf_agent_replies_total": ("counter", "Agents' replies sent by workers, by outcome (sent, undelivered)."),
     "wxkf_undelivered_total": ("counter", "Replies that could not be delivered, by reason."),
     "wxkf_token_refreshes_total": ("counter", "Access-token fetches from WeChat."),
+    "wxkf_kf_pulls_total": ("counter", "WeCom 微信客服 pulls (sync_msg until has_more is 0), by outcome."),
+    "wxkf_kf_messages_total": ("counter", "WeCom 微信客服 messages and events pulled and queued (before dedup)."),
     "wxkf_push_seconds": ("histogram", "Time to acknowledge a push, in the webhook."),
     "wxkf_job_seconds": ("histogram", "Time from a push's arrival to its reply being sent."),
     "wxkf_send_seconds": ("histogram", "Duration of one call to WeChat's send API."),

@@ -29,8 +29,23 @@ class Services:
         self.handoffs = Handoffs(self.redis, hold_seconds=cfg.handoff_seconds)
         api = WeChatAPI(self.redis, cfg.api_base, cfg.appid, cfg.secret, metrics=self.metrics)
         self.sender = Sender(self.redis, api, self.metrics, typing=cfg.typing)
-        self.outbox = Outbox(self.redis, self.sender, self.handoffs, self.metrics)
+        self.kf = self.kf_crypto = None
+        if cfg.wecom_enabled:
+            from .wecom.kf import KfChannel
+            self.kf = KfChannel(self.redis, cfg, self.inbox, self.metrics, self.handoffs)
+            self.kf_crypto = PushCrypto(cfg.kf_token, cfg.kf_aes_key, cfg.corpid)
+        self.outbox = Outbox(self.redis, self.sender_for, self.handoffs, self.metrics)
         self._knowledge = None
+
+    def sender_for(self, openid):
+        """The sender of the channel a conversation came from: WeCom 微信客服 customers are known by
+        the account they talk to (`keys.kf_user`), everyone else is a Mini Program / OA shopper."""
+        if self.kf is not None and self.kf.is_wecom(openid):
+            return self.kf.sender
+        return self.sender
+
+    def channel_of(self, openid):
+        return "wecom" if self.kf is not None and self.kf.is_wecom(openid) else "wechat"
 
     @property
     def knowledge(self):

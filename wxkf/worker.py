@@ -58,6 +58,8 @@ class Worker:
         shards, then new entries; stops between entries once asked to. Returns the number of pushes
         handled."""
         self.outbox.drain(self.name)
+        if self.svc.kf is not None:
+            self.svc.kf.pull_due(self.name)  # WeCom messages a callback announced, into the inbox
         owned, fresh = self.shards.take()
         entries = self.inbox.read(fresh, self.name, pending=True, count=10_000) if fresh else []
         if not entries:
@@ -79,6 +81,8 @@ class Worker:
         """One round of the loop; after a Redis error, None (the caller waits a little)."""
         try:
             self.sender.record_pending()  # sends Redis missed while it was away, before anything is re-read
+            if self.svc.kf is not None:
+                self.svc.kf.sender.record_pending()
             if time.monotonic() - self._last_balance > self.cfg.heartbeat_seconds:
                 self.balance()
                 self._last_balance = time.monotonic()

@@ -18,7 +18,7 @@ import redis as redis_lib
 
 from .. import keys
 from ..defaults import IDEMPOTENCY_TTL
-from ..errors import WeChatError
+from ..errors import SessionNotOurs, WeChatError
 from ..store import ensure_group
 
 log = logging.getLogger("wxkf.outbox")
@@ -42,9 +42,10 @@ def push_id(reply_id):
 
 
 class Outbox:
-    def __init__(self, redis, sender, handoffs, metrics, claim_idle_ms=60_000, clock=time.time):
+    def __init__(self, redis, sender_for, handoffs, metrics, claim_idle_ms=60_000, clock=time.time):
+        """`sender_for(openid)`: the Sender of the conversation's channel (Mini Program / OA or WeCom)."""
         self.redis = redis
-        self.sender = sender
+        self.sender_for = sender_for
         self.handoffs = handoffs
         self.metrics = metrics
         self.claim_idle_ms = claim_idle_ms
@@ -113,7 +114,10 @@ class Outbox:
     def _send(self, fields):
         openid, reply_id = fields["openid"], fields["reply_id"]
         try:
-            sent = self.sender.deliver(push_id(reply_id), openid, [fields["text"]])
+            sent = self.sender_for(openid).deliver(push_id(reply_id), openid, [fields["text"]])
+        except SessionNotOurs as exc:  # WeCom: the session is with WeCom's queue or a servicer
+            self._failed(openid, reply_id, f"企业微信会话已不由接口接待（{exc.errcode}），请在企业微信客户端回复")
+            return
         except WeChatError as exc:  # recorded as undelivered by the sender
             self._failed(openid, reply_id, f"微信返回错误 {exc.errcode if exc.errcode is not None else '（网络）'}")
             return

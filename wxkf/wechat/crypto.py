@@ -1,4 +1,5 @@
-"""Push signatures and AES encryption for Mini Programs and Official Accounts.
+"""Push signatures and AES encryption for Mini Programs, Official Accounts and WeCom (the CorpID
+taking the AppID's place).
 
 Built on wechatpy's `WeChatCrypto` and cipher, with what it lacks added (protocol ref. 1.4-1.6, 6):
 constant-time signature checks, strict PKCS#7 (32-byte blocks) and length validation, a CSPRNG
@@ -80,6 +81,14 @@ class PushCrypto:
             raise BadPush("Encrypt field missing")
         check_signature(self.token, msg_signature, timestamp, nonce, encrypt)
         return self._prp.decrypt(encrypt, self.appid)
+
+    def verify_echostr(self, msg_signature, timestamp, nonce, echostr):
+        """WeCom's URL verification: the echostr is encrypted; verify msg_signature over it and return
+        it decrypted (protocol ref. 5.1)."""
+        if not echostr:
+            raise BadPush("echostr missing")
+        check_signature(self.token, msg_signature, timestamp, nonce, echostr)
+        return self._prp.decrypt(echostr, self.appid)
 
     def encrypt(self, plaintext, nonce, timestamp=None, fmt="xml"):
         """The encrypted passive-reply envelope, XML or JSON to match the push (protocol ref. 1.6)."""

@@ -98,12 +98,31 @@ class SandboxState:
         return None
 
 
-def create_sandbox(appid, secret, builder=None, webhook_url=None, **kwargs):
+def create_sandbox(appid, secret, builder=None, webhook_url=None, wecom=None, **kwargs):
+    """`wecom`: (corpid, kf_secret, KfCallbackBuilder or None) to serve WeCom 微信客服 as well."""
     app = Flask("wxkf.sandbox")
     app.json.ensure_ascii = False  # /sandbox/messages shows the replies as people read them
     state = SandboxState(appid, secret, **kwargs)
     state.builder, state.webhook_url = builder, webhook_url
     app.extensions["sandbox"] = state
+    if wecom is not None:
+        from ..wecom import sandbox as kf_sandbox
+        corpid, kf_secret, kf_builder = wecom
+        state.kf = kf_sandbox.KfWorld(corpid, kf_secret, state.now)
+
+        def fire_callback(open_kfid):
+            """Tell the webhook that messages wait, as WeCom does: an encrypted kf_msg_or_event."""
+            import requests
+            if kf_builder is None or not state.webhook_url:
+                return None
+            path, body = kf_builder.request(kf_builder.event(open_kfid, state.kf.new_callback_token()))
+            try:
+                return requests.post(state.webhook_url + path, data=body, timeout=5).status_code
+            except requests.RequestException:
+                return None  # WeCom would retry; the messages wait in sync_msg meanwhile
+
+        state.fire_callback = fire_callback
+        kf_sandbox.register(app, state.kf, fire_callback)
 
     def err(code, msg):
         with state.lock:
@@ -282,6 +301,8 @@ def create_sandbox(appid, secret, builder=None, webhook_url=None, **kwargs):
         with state.lock:
             if data.get("reset"):
                 state.reset()
+                if getattr(state, "kf", None) is not None:
+                    state.kf.reset()
             if "advance" in data:
                 state.offset += float(data["advance"])
             if "token_lifetime" in data:

@@ -99,6 +99,12 @@ def pack(texts, slots, limit=defaults.TEXT_LIMIT_BYTES):
 
 
 class Sender:
+    """Sends through the Mini Program / Official Account customer-service API. The WeCom 微信客服
+    channel's sender (`wxkf.wecom.kf.KfSender`) changes only the message and the API path."""
+
+    SEND_PATH = "/cgi-bin/message/custom/send"
+    API_NAME = "send"
+
     def __init__(self, redis, api, metrics, typing=True, attempts=defaults.SEND_ATTEMPTS, clock=time.time):
         self.redis = redis
         self.api = api
@@ -178,11 +184,15 @@ class Sender:
         for i, part in enumerate(parts):
             if f"part:{i}" in self._unrecorded.get(push_id, ()) or self.redis.hexists(key, f"part:{i}"):
                 continue
-            message = {"touser": openid, "msgtype": "text", "text": {"content": part}}
+            message = self.message(openid, part, f"{push_id}:part:{i}")
             if not self._send_once(push_id, openid, message, f"part:{i}", parts[i:]):
                 break
             sent += 1
         return sent
+
+    def message(self, openid, text, key):
+        """The API body for one text part; `key` names the part uniquely (WeCom's msgid uses it)."""
+        return {"touser": openid, "msgtype": "text", "text": {"content": text}}
 
     def _send_once(self, push_id, openid, message, field, pending):
         """Take one message from the shopper's allowance, send, and mark `field` sent under the push's
@@ -229,15 +239,15 @@ class Sender:
             del self._unrecorded[push_id]
 
     def send(self, message):
-        """POST cgi-bin/message/custom/send (protocol ref. 2.1); retry what retrying can fix."""
+        """POST the send API (cgi-bin/message/custom/send, protocol ref. 2.1); retry what retrying can fix."""
         delay = 0.5
         for attempt in range(1, self.attempts + 1):
             started = time.perf_counter()
             try:
-                self.api.call("/cgi-bin/message/custom/send", message)
+                self.api.call(self.SEND_PATH, message)
             except WeChatError as exc:
                 code = str(exc.errcode if exc.errcode is not None else "network")
-                self.metrics.inc("wxkf_sends_total", api="send", errcode=code)
+                self.metrics.inc("wxkf_sends_total", api=self.API_NAME, errcode=code)
                 if exc.retryable and attempt < self.attempts:
                     log.warning("send to %s failed (%s), retry %d in %.1fs", message["touser"], exc, attempt, delay)
                     time.sleep(delay)
@@ -245,20 +255,20 @@ class Sender:
                     continue
                 log.error("send to %s failed: %s", message["touser"], exc)
                 raise
-            self.metrics.inc("wxkf_sends_total", api="send", errcode="0")
+            self.metrics.inc("wxkf_sends_total", api=self.API_NAME, errcode="0")
             self.metrics.observe("wxkf_send_seconds", time.perf_counter() - started)
             log.info("sent msgtype=%s to=%s", message["msgtype"], message["touser"])
             return
 
     def _sync_quota(self, openid, errcode):
-        """WeChat knows better: 45047 = allowance used up, 45015 = window closed; 45009 (the account's
-        daily API limit) did not use the shopper's allowance."""
+        """WeChat knows better: 45047 (WeCom 95001) = allowance used up, 45015 (WeCom 95002) = window
+        closed; 45009 (the account's daily API limit) did not use the shopper's allowance."""
         if errcode == 45009:
             self.redis.hincrby(keys.quota(openid), "used", -1)
-        elif errcode == 45047:
+        elif errcode in (45047, 95001):
             allowance = self.redis.hget(keys.quota(openid), "allowance") or 0
             self.redis.hset(keys.quota(openid), "used", allowance)
-        elif errcode == 45015:
+        elif errcode in (45015, 95002):
             self.redis.hset(keys.quota(openid), "expires", 0)
 
     def _undelivered(self, push_id, openid, texts, reason):
