@@ -17,6 +17,8 @@ _SAFE_NEXT = re.compile(r"/console/[A-Za-z0-9_./%-]*")
 
 bp = Blueprint("console", __name__, url_prefix="/console")
 
+CHANNEL_NAMES = {"wechat": "小程序/公众号", "wecom": "企业微信客服"}
+
 
 def svc():
     return current_app.extensions["wxkf"]
@@ -97,7 +99,8 @@ def _queue_rows():
     rows = []
     for q in queue:
         last = svc().handoffs.transcript(q["openid"])[-1:] or [{}]
-        rows.append({"openid": q["openid"], "reason": q.get("reason", ""), "priority": int(q.get("priority", 0)),
+        rows.append({"openid": q["openid"], "channel": svc().channel_of(q["openid"]), "reason": q.get("reason", ""),
+                     "priority": int(q.get("priority", 0)),
                      "status": q.get("status", ""), "agent": q.get("agent", ""),
                      "waiting_seconds": int(now - float(q.get("since", now))),
                      "last": (last[0].get("text") or "")[:80]})
@@ -107,7 +110,7 @@ def _queue_rows():
 @bp.get("/")
 def queue():
     rows, expired = _queue_rows()
-    return render_template("queue.html", rows=rows, expired=expired)
+    return render_template("queue.html", rows=rows, expired=expired, channel_names=CHANNEL_NAMES)
 
 
 @bp.get("/api/queue")
@@ -128,14 +131,16 @@ def conversation(openid):
     openid = _openid(openid)
     h = svc().handoffs
     return render_template("conversation.html", openid=openid, state=h.get(openid), transcript=h.transcript(openid),
-                           remaining=svc().sender.remaining(openid), reply_id=uuid.uuid4().hex)
+                           remaining=svc().sender.remaining(openid), reply_id=uuid.uuid4().hex,
+                           channel=svc().channel_of(openid), channel_names=CHANNEL_NAMES)
 
 
 @bp.get("/api/c/<openid>")
 def api_conversation(openid):
     openid = _openid(openid)
     h = svc().handoffs
-    return jsonify(state=h.get(openid), transcript=h.transcript(openid), remaining=svc().sender.remaining(openid))
+    return jsonify(state=h.get(openid), transcript=h.transcript(openid), remaining=svc().sender.remaining(openid),
+                   channel=svc().channel_of(openid))
 
 
 @bp.post("/c/<openid>/<action>")
