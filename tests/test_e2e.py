@@ -192,3 +192,28 @@ def test_redis_going_away_loses_nothing(sandbox, builder, tmp_path):
         stack.stop()
         redis_proc.terminate()
         redis_proc.wait(10)
+
+
+def test_demo_wecom_customer_through_gunicorn_and_a_worker_process(stack, sandbox):
+    """The demo as a WeCom 微信客服 customer: the sandbox fires the encrypted callback at gunicorn, the
+    worker process pulls with sync_msg and answers through kf/send_msg, once per message."""
+    stack.start_worker()
+    stack.wait_healthy()
+    sandbox.state.webhook_url = stack.url
+    try:
+        for text in ("我的快递到哪了", "能开发票吗"):
+            resp = requests.post(sandbox.url + "/sandbox/wecom/customer", timeout=10,
+                                 json={"external_userid": "wmDemoCustomer", "text": text})
+            assert resp.json() == {"ok": True, "callback_status": 200}
+        def replies():
+            got = requests.get(sandbox.url + "/sandbox/wecom/messages", params={"touser": "wmDemoCustomer"},
+                               timeout=2).json()["messages"]
+            return got if len(got) >= 2 else None
+
+        got = wait_for(replies)
+        assert got, "no replies through kf/send_msg"
+        assert "发货" in got[0]["text"]["content"] and "发票" in got[1]["text"]["content"]
+        time.sleep(1)  # nothing more arrives: each message answered once
+        assert len(sandbox.state.kf.sent_to("wmDemoCustomer")) == 2
+    finally:
+        sandbox.state.webhook_url = None
