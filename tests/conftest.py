@@ -113,6 +113,20 @@ def builder(cfg):
     return PushBuilder(cfg.token, cfg.aes_key, cfg.appid)
 
 
+@pytest.fixture
+def kb_builder(svc):
+    """Builds WeCom 微信客服 callbacks as WeCom does, for the config's corp."""
+    from wxkf.wecom.simulate import KfCallbackBuilder
+    c = svc.config
+    return KfCallbackBuilder(c.kf_token, c.kf_aes_key, c.corpid)
+
+
+@pytest.fixture
+def world(sandbox):
+    """The sandbox's WeCom side: customers, servicers, sessions and what was sent."""
+    return sandbox.state.kf
+
+
 def start_worker(svc, name="w"):
     """An in-process worker holding its shards, ready for run_once()."""
     from wxkf.worker import Worker, build_responder

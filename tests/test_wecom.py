@@ -24,17 +24,6 @@ QUESTIONS = ["能开发票吗", "有优惠券吗", "我170穿什么码", "这个
              "能寄到国外吗", "想换个颜色", "怎么取消订单", "发票怎么开"]
 
 
-@pytest.fixture
-def kb_builder(svc):
-    c = svc.config
-    return KfCallbackBuilder(c.kf_token, c.kf_aes_key, c.corpid)
-
-
-@pytest.fixture
-def world(sandbox):
-    return sandbox.state.kf
-
-
 def callback(client, kb_builder, world, open_kfid=ACCOUNT):
     path, body = kb_builder.request(kb_builder.event(open_kfid, world.new_callback_token()))
     resp = client.post(path, data=body)
@@ -107,7 +96,10 @@ def test_a_callback_wakes_the_account_once_and_bad_callbacks_are_refused(svc, cl
     path, body = kb_builder.request(kb_builder.event(ACCOUNT, "ENCtoken1"))
     assert client.post(path, data=body).status_code == 200
     assert client.post(path, data=body).status_code == 200  # WeCom's retry: same wake-up, nothing more
-    assert r.hgetall(keys.KF_WAKE) == {ACCOUNT: "ENCtoken1"}
+    woken = r.hget(keys.KF_WAKE, ACCOUNT)
+    assert woken.endswith(":ENCtoken1") and r.hlen(keys.KF_WAKE) == 1
+    assert client.post(path, data=body).status_code == 200
+    assert r.hget(keys.KF_WAKE, ACCOUNT) == woken  # the retry changed nothing
     r.delete(keys.KF_WAKE)
     # Forged signature, stale timestamp, broken XML, oversize body: refused, nothing woken.
     forged = path.replace("msg_signature=", "msg_signature=0")
@@ -149,7 +141,7 @@ def test_a_customer_message_is_pulled_answered_through_send_msg_and_shown_in_the
     assert len(sent) == 1
     assert sent[0]["open_kfid"] == ACCOUNT and "发票" in sent[0]["text"]["content"]
     assert sent[0]["msgid"] == msgid_for(f"wk_{msgid}:part:0")  # our idempotency key, ≤32 bytes
-    assert r.hget(keys.kf_user(uid), "state") == "1"  # new session, now the smart assistant's
+    assert r.hget(keys.kf_user(uid), f"state:{ACCOUNT}") == "1"  # new session, now the smart assistant's
     assert world.sessions[(ACCOUNT, uid)]["state"] == 1
     assert r.get(keys.kf_cursor(ACCOUNT))
     assert svc.channel_of(uid) == "wecom" and svc.channel_of("o_mini_program_shopper") == "wechat"
@@ -318,7 +310,7 @@ def test_escalation_moves_the_session_to_the_pool_and_the_bot_stays_silent_until
     world.servicer_end(uid)
     callback(client, kb_builder, world)
     run_until_quiet(worker)
-    assert not svc.handoffs.held(uid) and r.hget(keys.kf_user(uid), "state") == "4"
+    assert not svc.handoffs.held(uid) and r.hget(keys.kf_user(uid), f"state:{ACCOUNT}") == "4"
     world.customer_message(uid, "有优惠券吗")  # a new session (4 -> 0): the bot answers again
     callback(client, kb_builder, world)
     run_until_quiet(worker)
@@ -331,7 +323,8 @@ def test_escalation_to_a_named_servicer(svc, client, kb_builder, world):
     world.customer_message("wmToZhang", "我要投诉你们")
     callback(client, kb_builder, world)
     run_until_quiet(worker)
-    assert world.sessions[(ACCOUNT, "wmToZhang")] == {"state": 3, "servicer": SERVICER}
+    session = world.sessions[(ACCOUNT, "wmToZhang")]
+    assert (session["state"], session["servicer"]) == (3, SERVICER)
 
 
 def test_95018_when_a_servicer_took_the_session_unseen_keeps_the_bot_silent(svc, client, kb_builder, world, r):
@@ -344,7 +337,7 @@ def test_95018_when_a_servicer_took_the_session_unseen_keeps_the_bot_silent(svc,
     run_until_quiet(worker)
     assert world.sent_to(uid) == []
     assert ("/cgi-bin/kf/send_msg", 95018) in world.calls
-    assert r.hget(keys.kf_user(uid), "state") == "3"  # learnt through service_state/get
+    assert r.hget(keys.kf_user(uid), f"state:{ACCOUNT}") == "3"  # learnt through service_state/get
     assert svc.handoffs.held(uid)
     undelivered = r.xrange(keys.UNDELIVERED)
     assert [e[1]["reason"] for e in undelivered] == ["errcode_95018"]

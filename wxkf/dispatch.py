@@ -35,7 +35,9 @@ class Dispatcher:
         kind = inbound["type"]
         wecom = inbound.get("channel") == "wecom"
         sender = self.svc.kf.sender if wecom else self.sender
-        if kind in MESSAGE_TYPES and inbound.get("origin", 3) == 3:
+        # A customer's message of any type opens WeCom's window; MP/OA windows open for the push types.
+        customer = (kind != "event" and inbound.get("origin") == 3) if wecom else kind in MESSAGE_TYPES
+        if customer:
             sender.open_window(openid, "message", inbound["create_time"], push_id)
         elif inbound["event"]:
             sender.open_window(openid, inbound["event"], inbound["create_time"], push_id)
@@ -53,7 +55,7 @@ class Dispatcher:
         if inbound["event"] == "kf_close_session":
             handoffs.end(openid, f"微信客服 {inbound['fields'].get('KfAccount', '')} 结束了会话")
             return Decision(Action.SILENT, source="silent")
-        if kind in MESSAGE_TYPES:
+        if customer:
             handoffs.log(openid, "shopper", message.text or f"[{kind}]", once=push_id, push=push_id)
         if inbound.get("started"):
             # The webhook escalated and answered WeChat with transfer_customer_service.
@@ -61,8 +63,17 @@ class Dispatcher:
             handoffs.announce(openid, state.get("reason", ""), once=push_id)
             return self._escalated(inbound, Decision(Action.ESCALATE, source="escalate", reason=state.get("reason"),
                                                      priority=int(state.get("priority", 0))))
-        if inbound.get("held") or handoffs.held(openid):
-            return Decision(Action.SILENT, source="human")  # a human has this conversation
+        if wecom:
+            unfinished = self._unfinished_escalation(push_id)
+            if unfinished is not None:  # decided to escalate, then interrupted before WeCom was told
+                handoffs.start(openid, unfinished.reason or "request", unfinished.priority, via="worker")
+                return self._escalated(inbound, unfinished)
+        # A human has this conversation. WeCom's session state, per account, was checked above
+        # (`kf.handle`); the queue-time `held` is not used for WeCom: a pulled message is queued before
+        # the events of its page (a session ended) are handled.
+        if (handoffs.held(openid) and (not wecom or self.cfg.kf_handoff == "console")) \
+                or (inbound.get("held") and not wecom):
+            return Decision(Action.SILENT, source="human")
         if (message.kind == "text" and time.time() - inbound["create_time"] < defaults.TYPING_WINDOW
                 and not self.redis.hexists(keys.sent(push_id), "plan")):
             sender.typing(openid)
@@ -75,10 +86,10 @@ class Dispatcher:
                 sender.deliver(push_id, openid, [decision.text])
             except SessionNotOurs:
                 # WeCom: a servicer took the session (or it ended) since we last heard; say nothing.
-                self.svc.kf.session_lost(openid)
+                self.svc.kf.session_lost(openid, inbound["to"])
                 return Decision(Action.SILENT, source="human")
             if wecom:
-                self.svc.kf.answered(openid)
+                self.svc.kf.answered(openid, inbound["to"])
             handoffs.log(openid, "bot", decision.text, once=push_id, source=decision.source, intent=decision.intent)
         return decision
 
@@ -112,22 +123,38 @@ class Dispatcher:
         return Decision(Action.ESCALATE, kb.escalation_reply, source="escalate", reason=decision.reason,
                         priority=decision.priority)
 
+    def _unfinished_escalation(self, push_id):
+        """The recorded escalation of a WeCom message whose transfer did not finish (the worker died or
+        Redis went away in between), else None."""
+        recorded = self.redis.hmget(keys.sent(push_id), "decision", "transferred")
+        if recorded[0] is None or recorded[1] is not None:
+            return None
+        decision = Decision.from_record(json.loads(recorded[0]))
+        return decision if decision.action == Action.ESCALATE else None
+
     def _escalated_wecom(self, inbound, kb):
         """WeCom: the promise first (the API may send only while the session is the bot's), then the
-        session moves to WeCom's pool or a servicer (`kf_handoff`), said in the transcript."""
-        openid, kf = inbound["openid"], self.svc.kf
+        session moves to WeCom's pool or a servicer (`kf_handoff`), said in the transcript. Marked done
+        only at the end, so a redelivered message finishes what an interrupted one started."""
+        openid, kfid, kf = inbound["openid"], inbound["to"], self.svc.kf
         try:
             kf.sender.deliver(inbound["id"], openid, [kb.escalation_reply])
             self.svc.handoffs.log(openid, "bot", kb.escalation_reply, once=inbound["id"], source="escalate")
         except SessionNotOurs:
-            kf.session_lost(openid)
-            return
-        try:
-            where = kf.transfer(openid)
-        except WeChatError as exc:
-            log.error("WeCom transfer of %s failed: %s; agents can answer from the console", openid, exc)
-            where = f"转入企业微信客服失败（{exc.errcode if exc.errcode is not None else '网络'}），请在控制台接待"
-        self.svc.handoffs.log(openid, "system", where, once=inbound["id"] + ":transfer")
+            kf.session_lost(openid, kfid)  # a human has it already
+            where = None
+        else:
+            try:
+                where = kf.transfer(openid, kfid)
+            except WeChatError as exc:
+                log.error("WeCom transfer of %s failed: %s; agents can answer from the console", openid, exc)
+                where = f"转入企业微信客服失败（{exc.errcode if exc.errcode is not None else '网络'}），请在控制台接待"
+        if where:
+            self.svc.handoffs.log(openid, "system", where, once=inbound["id"] + ":transfer")
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.sent(inbound["id"]), "transferred", 1)
+        pipe.expire(keys.sent(inbound["id"]), defaults.IDEMPOTENCY_TTL)
+        pipe.execute()
 
     def handle(self, shard, entry_id, inbound):
         """Process one entry and acknowledge it; a RedisError leaves it unacknowledged (read again)."""

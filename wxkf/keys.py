@@ -139,3 +139,12 @@ def kf_user(external_userid):
     """Hash: the 微信客服 account a WeCom customer talks to, and the session state last known
     (open_kfid, state, servicer, at). Its presence marks a conversation as a WeCom one."""
     return f"{NS}:kf:user:{external_userid}"
+
+
+def kf_recheck(external_userid):
+    """Set for a minute after asking WeCom for a customer's session state."""
+    return f"{NS}:kf:recheck:{external_userid}"
+
+
+KF_FIRST_WAKE = f"{NS}:kf:first_wake"
+"""Hash: open_kfid -> when its first callback came, while no cursor is saved yet (first start)."""

@@ -59,7 +59,7 @@ class Worker:
         handled."""
         self.outbox.drain(self.name)
         if self.svc.kf is not None:
-            self.svc.kf.pull_due(self.name)  # WeCom messages a callback announced, into the inbox
+            self._pull_wecom()
         owned, fresh = self.shards.take()
         entries = self.inbox.read(fresh, self.name, pending=True, count=10_000) if fresh else []
         if not entries:
@@ -72,6 +72,16 @@ class Worker:
                 self.dispatcher.handle(shard, entry_id, inbound)
                 handled += 1
         return handled
+
+    def _pull_wecom(self):
+        """WeCom messages a callback announced, into the inbox. Nothing WeCom sends may stop the
+        worker, whose inbox also serves the Mini Program: only a Redis error goes up (step retries)."""
+        try:
+            self.svc.kf.pull_due(self.name)
+        except redis_lib.RedisError:
+            raise
+        except Exception:
+            log.exception("WeCom pull failed unexpectedly; the wake-up stays and is retried next round")
 
     def failing_for(self):
         """Seconds the main loop has been failing on Redis errors (0 when it works)."""

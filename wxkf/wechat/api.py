@@ -96,9 +96,12 @@ class WeChatAPI:
         if resp.status_code >= 500:
             raise WeChatUnreachable(f"{path}: HTTP {resp.status_code}")
         try:
-            return resp.json()
+            data = resp.json()
         except ValueError:
             raise WeChatUnreachable(f"{path}: HTTP {resp.status_code} with a non-JSON body") from None
+        if not isinstance(data, dict):
+            raise WeChatUnreachable(f"{path}: HTTP {resp.status_code} with JSON that is not an object")
+        return data
 
     def call(self, path, json_body=None, method="POST", params=None, files=None):
         """Call an API that takes `access_token`; raise the matching WeChatApiError on errcode ≠ 0."""

@@ -248,7 +248,7 @@ class Sender:
             except WeChatError as exc:
                 code = str(exc.errcode if exc.errcode is not None else "network")
                 self.metrics.inc("wxkf_sends_total", api=self.API_NAME, errcode=code)
-                if exc.retryable and attempt < self.attempts:
+                if self.retryable(exc) and attempt < self.attempts:
                     log.warning("send to %s failed (%s), retry %d in %.1fs", message["touser"], exc, attempt, delay)
                     time.sleep(delay)
                     delay *= 2
@@ -259,6 +259,11 @@ class Sender:
             self.metrics.observe("wxkf_send_seconds", time.perf_counter() - started)
             log.info("sent msgtype=%s to=%s", message["msgtype"], message["touser"])
             return
+
+    def retryable(self, exc):
+        """Whether sending the same message again can fix this failure. A timeout is not: WeChat may
+        have delivered it, and its send API has no idempotency key."""
+        return exc.retryable
 
     def _sync_quota(self, openid, errcode):
         """WeChat knows better: 45047 (WeCom 95001) = allowance used up, 45015 (WeCom 95002) = window

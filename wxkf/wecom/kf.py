@@ -25,9 +25,10 @@ import logging
 import re
 import time
 
+import redis as redis_lib
 
 from .. import defaults, keys
-from ..errors import WeChatApiError, WeChatError
+from ..errors import WeChatApiError, WeChatError, WeChatTimeout
 from ..wechat.sender import Sender
 from .api import WeComAPI
 
@@ -51,6 +52,16 @@ MAX_BACKOFF = 60
 
 PAGE_LIMIT = 1000
 """Messages per sync_msg page (WeCom's maximum)."""
+
+MAX_PAGES = 50
+"""Pages one pull reads before giving the worker back to the inbox; the next round carries on."""
+
+STATE_RECHECK = 600
+"""Seconds after which a "human holds it" state is confirmed with WeCom before the bot stays silent."""
+
+TOKEN_FRESH = 540
+"""Seconds a callback's Token is sent with sync_msg: WeCom keeps it valid 10 minutes (protocol ref. 5.3);
+an older one is left out (the pull is then rate-limited by WeCom, but works)."""
 
 BOT_STATES = ("0", "1")
 """Session states in which the API (the bot) may send: 0 new, 1 smart assistant."""
@@ -79,6 +90,17 @@ if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
 return 1
 """
 
+# Record a wake-up as "time:token"; a retried callback (same Token) leaves it as it is. The first
+# wake-up of an account without a cursor is kept apart, to tell history from new messages.
+_WAKE = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not (v and string.sub(v, (string.find(v, ':', 1, true) or 0) + 1) == ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ':' .. ARGV[2])
+end
+redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3])
+return 1
+"""
+
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -101,6 +123,15 @@ def _safe_id(value):
     return value if _ID.fullmatch(value) else ""
 
 
+def _number(value, default):
+    """A non-negative integer field from WeCom: ASCII digits only ('³'.isdigit() is true), else default."""
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value if value >= 0 else default
+    return int(value) if isinstance(value, str) and re.fullmatch(r"[0-9]{1,12}", value) else default
+
+
 def to_inbound(item):
     """One sync_msg item -> the inbound record the worker consumes, or None for what is not acted on.
 
@@ -108,13 +139,12 @@ def to_inbound(item):
     if not isinstance(item, dict):
         return None
     msgtype = str(item.get("msgtype", ""))
-    origin = int(item.get("origin") or 0) if str(item.get("origin", "0")).isdigit() else 0
+    origin = _number(item.get("origin"), 0)
     raw_id = str(item.get("msgid") or "")
-    if not raw_id or len(raw_id) > 128:
+    if not raw_id or len(raw_id) > 128 or origin not in (ORIGIN_CUSTOMER, ORIGIN_EVENT, ORIGIN_SERVICER):
         return None
     push_id = "wk_" + (raw_id if re.fullmatch(r"[A-Za-z0-9_-]{1,100}", raw_id) else hashlib.sha1(raw_id.encode()).hexdigest())
-    send_time = item.get("send_time")
-    send_time = int(send_time) if isinstance(send_time, int) or str(send_time).isdigit() else int(time.time())
+    send_time = _number(item.get("send_time"), int(time.time()))
     fields = {}
     if msgtype == "event":
         ev = item.get("event") if isinstance(item.get("event"), dict) else {}
@@ -167,6 +197,11 @@ class KfSender(Sender):
     def __init__(self, redis, api, metrics, **kwargs):
         super().__init__(redis, api, metrics, typing=False, **kwargs)
 
+    def retryable(self, exc):
+        # The same msgid is the same message to WeCom (protocol ref. 5.4): after a timeout, sending
+        # again cannot give the customer a second copy.
+        return exc.retryable or isinstance(exc, WeChatTimeout)
+
     def message(self, openid, text, key):
         open_kfid = self.redis.hget(keys.kf_user(openid), "open_kfid")
         if not open_kfid:
@@ -193,12 +228,13 @@ class KfChannel:
         self._finish = redis.register_script(_FINISH)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._wake = redis.register_script(_WAKE)
 
     # -- the webhook's side ---------------------------------------------------------------------
     def wake(self, open_kfid, token):
-        """A callback said messages wait for `open_kfid`: remember its Token for the pull. A retried
-        callback writes the same value again, so WeCom's retries cost nothing."""
-        self.redis.hset(keys.KF_WAKE, open_kfid, token)
+        """A callback said messages wait for `open_kfid`: remember its Token, and when it came, for the
+        pull. A retried callback brings the same Token: the wake-up it records is the same."""
+        self._wake(keys=[keys.KF_WAKE, keys.KF_FIRST_WAKE], args=[open_kfid, token, int(self.clock())])
 
     # -- pulling (the worker's side) ----------------------------------------------------------------
     def pull_due(self, owner):
@@ -221,40 +257,79 @@ class KfChannel:
         lock = keys.kf_pull_lock(open_kfid)
         if not self.redis.set(lock, owner, nx=True, px=self.lock_ms):
             return 0  # another process pulls it; it goes round again if our wake-up came in meanwhile
-        queued = 0
+        progress = {"queued": 0}
         try:
             while True:
-                token = self.redis.hget(keys.KF_WAKE, open_kfid)
-                queued += self._pull_pages(open_kfid, token, lock, owner)
-                if self._finish(keys=[keys.KF_WAKE, lock, keys.KF_RETRY], args=[open_kfid, token or "", owner]):
+                wake = self.redis.hget(keys.KF_WAKE, open_kfid)
+                if not self._pull_pages(open_kfid, self._fresh_token(wake), lock, owner, progress):
+                    self._release(keys=[lock], args=[owner])  # page budget used: next round goes on
+                    return progress["queued"]
+                if self._finish(keys=[keys.KF_WAKE, lock, keys.KF_RETRY], args=[open_kfid, wake or "", owner]):
                     self.metrics.inc("wxkf_kf_pulls_total", outcome="ok")
-                    return queued
-        except WeChatError as exc:
-            self._failed(open_kfid, exc)
-            self._release(keys=[lock], args=[owner])
-            return queued
+                    return progress["queued"]
         except _LockLost:
             log.warning("pull of %s took longer than its lock; another process carries on", open_kfid)
-            return queued
-        except BaseException:
+            return progress["queued"]
+        except redis_lib.RedisError:
             self._release(keys=[lock], args=[owner])  # the wake-up stays: another round pulls again
             raise
+        except Exception as exc:  # WeChatError, or anything WeCom sent that we could not read
+            self._failed(open_kfid, exc)
+            self._release(keys=[lock], args=[owner])
+            return progress["queued"]
+        except BaseException:
+            self._release(keys=[lock], args=[owner])
+            raise
 
-    def _pull_pages(self, open_kfid, token, lock, owner):
+    def _fresh_token(self, wake):
+        """The wake-up's Token while WeCom still honours it; None when it is too old (protocol ref.
+        5.3: valid 10 minutes, optional)."""
+        if not wake or ":" not in wake:
+            return None
+        at, token = wake.split(":", 1)
+        return token if at.isascii() and at.isdigit() and self.clock() - int(at) < TOKEN_FRESH else None
+
+    def _sync(self, body):
+        """One sync_msg call, checked: a page WeCom could not have sent is an error (retried with
+        backoff), never a crash of the worker or a loop."""
+        data = self.api.call(SYNC, body)
+        items, nxt, more = data.get("msg_list", []), data.get("next_cursor", ""), data.get("has_more", 0)
+        if not isinstance(items, list) or not isinstance(nxt, str) or len(nxt.encode()) > 64 \
+                or more not in (0, 1, "0", "1"):
+            raise WeChatApiError(-1, "sync_msg answer not as documented (msg_list, next_cursor, has_more)", SYNC)
+        return items, nxt, str(more) == "1"
+
+    def _pull_pages(self, open_kfid, token, lock, owner, progress):
+        """Read pages until has_more is 0 (True) or the page budget is used (False)."""
         cursor_key = keys.kf_cursor(open_kfid)
         cursor = self.redis.get(cursor_key)
-        horizon = self.clock() - self.history_grace if cursor is None else None
+        horizon = None
+        if cursor is None:  # first start: what came well before the first callback is history
+            first = self.redis.hget(keys.KF_FIRST_WAKE, open_kfid)
+            horizon = (int(first) if first and first.isdigit() else self.clock()) - self.history_grace
         queued = skipped = 0
-        while True:
+        done = False
+        for _ in range(MAX_PAGES):
             body = {"open_kfid": open_kfid, "limit": self.page_limit, "voice_format": 0}
             if cursor:
                 body["cursor"] = cursor
             if token:
                 body["token"] = token
-            data = self.api.call(SYNC, body)
-            items = data.get("msg_list") or []
+            try:
+                items, nxt, more = self._sync(body)
+            except WeChatApiError as exc:
+                if not token or exc.errcode in (-1, 40014, 42001):
+                    raise
+                # The Token expired (10 minutes) or was refused: pull without it (rate-limited by WeCom).
+                log.warning("sync_msg refused the callback's Token (errcode %s); pulling without it", exc.errcode)
+                token = None
+                continue
             for item in items:
-                inbound = to_inbound(item)
+                try:
+                    inbound = to_inbound(item)
+                except (TypeError, ValueError, AttributeError) as exc:  # never a reason to stop the worker
+                    inbound = None
+                    log.warning("sync_msg item malformed (%s), skipped", type(exc).__name__)
                 if inbound is None:
                     self._not_queued(item)
                     continue
@@ -263,23 +338,27 @@ class KfChannel:
                     continue
                 self.inbox.enqueue(inbound)
                 queued += 1
-            nxt = data.get("next_cursor") or cursor
+                progress["queued"] += 1
             if nxt:
-                self.redis.set(cursor_key, nxt)  # after the page's messages are queued
+                pipe = self.redis.pipeline()
+                pipe.set(cursor_key, nxt)  # after the page's messages are queued
+                pipe.hdel(keys.KF_FIRST_WAKE, open_kfid)
+                pipe.execute()
             if not self._renew(keys=[lock], args=[owner, self.lock_ms]):
                 raise _LockLost()
-            more = str(data.get("has_more", 0)) == "1"
             if not more:
+                done = True
                 break
-            if nxt == cursor and not items:
+            if not nxt or nxt == cursor:
                 raise WeChatApiError(-1, "has_more without a new cursor", SYNC)  # retried later, never spun
             cursor = nxt
         if skipped:
-            log.info("first pull of %s: %d older messages taken as history, not answered", open_kfid, skipped)
+            log.warning("first pull of %s: %d messages from before the first callback taken as history, "
+                        "not answered", open_kfid, skipped)
         if queued:
             self.metrics.inc("wxkf_kf_messages_total", queued)
-        log.info("pulled %s: %d queued", open_kfid, queued)
-        return queued
+        log.info("pulled %s: %d queued%s", open_kfid, queued, "" if done else ", more next round")
+        return done
 
     def _not_queued(self, item):
         if isinstance(item, dict) and item.get("msgtype") == "event":
@@ -299,56 +378,83 @@ class KfChannel:
                   open_kfid, exc, delay)
 
     # -- sessions ---------------------------------------------------------------------------------
+    # WeCom keeps a session per (account, customer): the state of each is a field of the customer's
+    # hash (`state:<open_kfid>`), and `open_kfid` is the account the customer wrote to last, through
+    # which replies go.
     def remember(self, inbound):
         """The account a customer talks to (replies go through it) and, for a customer message, the
         state WeCom gives an ended session when the customer writes again (4 -> 0)."""
-        key = keys.kf_user(inbound["openid"])
+        key, kfid = keys.kf_user(inbound["openid"]), inbound["to"]
         pipe = self.redis.pipeline()
-        pipe.hset(key, "open_kfid", inbound["to"])
+        pipe.hset(key, "open_kfid", kfid)
         if inbound["origin"] == ORIGIN_CUSTOMER and inbound["type"] != "event":
-            pipe.eval("if redis.call('HGET', KEYS[1], 'state') == '4' then redis.call('HSET', KEYS[1], 'state', '0') end",
-                      1, key)
+            pipe.eval("if redis.call('HGET', KEYS[1], ARGV[1]) == '4' then redis.call('HSET', KEYS[1], ARGV[1], '0') end",
+                      1, key, f"state:{kfid}")
         pipe.expire(key, defaults.IDEMPOTENCY_TTL)
         pipe.execute()
 
-    def state(self, uid):
+    def account_of(self, uid):
+        return self.redis.hget(keys.kf_user(uid), "open_kfid")
+
+    def state(self, uid, kfid=None):
         """The session state last known ('0'..'4'), '' when unknown (treated as new)."""
-        return self.redis.hget(keys.kf_user(uid), "state") or ""
+        kfid = kfid or self.account_of(uid)
+        return self.redis.hget(keys.kf_user(uid), f"state:{kfid}") or ""
 
-    def set_state(self, uid, state, servicer=""):
-        self.redis.hset(keys.kf_user(uid), mapping={"state": str(state), "servicer": servicer or "",
-                                                    "at": round(self.clock(), 3)})
+    def set_state(self, uid, state, servicer="", kfid=None):
+        kfid = kfid or self.account_of(uid)
+        self.redis.hset(keys.kf_user(uid), mapping={f"state:{kfid}": str(state), f"servicer:{kfid}": servicer or "",
+                                                    f"at:{kfid}": round(self.clock(), 3)})
 
-    def answered(self, uid):
+    def answered(self, uid, kfid=None):
         """The bot sent in this session: WeCom assigns a new (0) session to the smart assistant (1)."""
-        self.redis.eval("local s = redis.call('HGET', KEYS[1], 'state') "
-                        "if not s or s == '' or s == '0' then redis.call('HSET', KEYS[1], 'state', '1') end",
-                        1, keys.kf_user(uid))
+        self.redis.eval("local s = redis.call('HGET', KEYS[1], ARGV[1]) "
+                        "if not s or s == '' or s == '0' then redis.call('HSET', KEYS[1], ARGV[1], '1') end",
+                        1, keys.kf_user(uid), f"state:{kfid or self.account_of(uid)}")
 
     def is_wecom(self, uid):
         return bool(self.redis.hexists(keys.kf_user(uid), "open_kfid"))
 
-    def refresh_state(self, uid):
+    def refresh_state(self, uid, kfid=None):
         """Ask WeCom who holds the session (service_state/get) and remember it."""
-        open_kfid = self.redis.hget(keys.kf_user(uid), "open_kfid")
-        data = self.api.call(STATE_GET, {"open_kfid": open_kfid, "external_userid": uid})
+        kfid = kfid or self.account_of(uid)
+        data = self.api.call(STATE_GET, {"open_kfid": kfid, "external_userid": uid})
         state = str(data.get("service_state", ""))
-        self.set_state(uid, state, data.get("servicer_userid", ""))
+        self.set_state(uid, state, data.get("servicer_userid", ""), kfid)
         return state
 
-    def transfer(self, uid):
+    def transfer(self, uid, kfid=None):
         """Escalation: hand the session to humans as configured. Returns a line for the transcript."""
         mode = self.cfg.kf_handoff
         if mode == "console":
             return "由 wxkf 控制台的客服接待（企业微信会话仍由接口接待）"
-        open_kfid = self.redis.hget(keys.kf_user(uid), "open_kfid")
-        body = {"open_kfid": open_kfid, "external_userid": uid, "service_state": 2 if mode == "pool" else 3}
+        kfid = kfid or self.account_of(uid)
+        body = {"open_kfid": kfid, "external_userid": uid, "service_state": 2 if mode == "pool" else 3}
         if mode == "servicer":
             body["servicer_userid"] = self.cfg.kf_servicer
         self.api.call(STATE_TRANS, body)
-        self.set_state(uid, body["service_state"], body.get("servicer_userid", ""))
+        self.set_state(uid, body["service_state"], body.get("servicer_userid", ""), kfid)
         return ("已转入企业微信客服的待接入池" if mode == "pool"
                 else f"已转给企业微信客服 {self.cfg.kf_servicer}")
+
+    def _human_has_it(self, uid, kfid):
+        """Whether WeCom's queue or a servicer holds the session, by what we last heard; asked again
+        (at most once a minute per customer) when that is old or our own handoff is gone, since WeCom
+        may close a session without an event (48 hours, a pool nobody took)."""
+        state = self.state(uid, kfid)
+        if state not in ("2", "3"):
+            return False
+        at = float(self.redis.hget(keys.kf_user(uid), f"at:{kfid}") or 0)
+        doubtful = not self.handoffs.held(uid) or self.clock() - at > STATE_RECHECK
+        if doubtful and self.redis.set(keys.kf_recheck(uid), 1, nx=True, ex=60):
+            try:
+                state = self.refresh_state(uid, kfid)
+            except WeChatError as exc:
+                log.warning("service_state/get for %s failed (%s); keeping the last known state", uid, exc)
+            if state not in ("2", "3"):
+                self.handoffs.end(uid, f"企业微信会话状态已为 {state}（{STATES.get(state, '未知')}）")
+                return False
+        return True
 
     def welcome(self, code, text, key):
         """The welcome message for `enter_session`, through its single-use code (protocol ref. 5.5)."""
@@ -373,8 +479,7 @@ class KfChannel:
             if h.held(uid):
                 h.touch(uid, agent=servicer)
             return "human", None
-        state = self.state(uid)
-        if state in ("2", "3"):
+        if self._human_has_it(uid, inbound["to"]):
             # WeCom has the session with its queue or a servicer: the bot says nothing.
             h.log(uid, "shopper", inbound["fields"].get("Content") or f"[{inbound['type']}]", once=inbound["id"],
                   push=inbound["id"])
@@ -412,21 +517,21 @@ class KfChannel:
             change = f.get("change_type", "")
             if change in ("1", "2", "4"):  # taken from the pool, transferred, re-opened: a human has it
                 servicer = f.get("new_servicer_userid", "")
-                self.set_state(uid, 3, servicer)
+                self.set_state(uid, 3, servicer, inbound["to"])
                 if not h.held(uid):
                     h.start(uid, "wecom_servicer", 0, via="wecom")
                 h.touch(uid, agent=servicer, claim=True)
                 h.log(uid, "system", f"企业微信客服 {servicer} 接待了会话", once=inbound["id"])
             elif change == "3":  # ended: the next customer message opens a new session (state 0)
-                self.set_state(uid, 4)
+                self.set_state(uid, 4, "", inbound["to"])
                 h.end(uid, f"企业微信客服 {f.get('old_servicer_userid', '')} 结束了会话".replace("  ", " "))
             return "silent", None
         return "silent", None  # recalls: nothing to answer
 
-    def session_lost(self, uid):
+    def session_lost(self, uid, kfid=None):
         """kf/send_msg said the session is not ours (95018/95013): learn who has it and stay silent."""
         try:
-            state = self.refresh_state(uid)
+            state = self.refresh_state(uid, kfid)
         except WeChatError as exc:
             log.warning("service_state/get for %s failed: %s", uid, exc)
             state = "3"

@@ -7,14 +7,17 @@ messages, `has_more`, no cursor = the last 3 days, messages sent through the API
 ended), within 48 hours of the customer's last message (95002) and 5 messages per customer message
 (95001), text ≤ 2048 bytes, a first API send moves a new session to the smart assistant (0 → 1);
 `send_msg_on_event` codes single-use with their lifetimes; `service_state/trans` only along the
-documented transitions, a servicer who is receiving (95014). Where the reference gives no errcode
-the sandbox uses WeCom's generic ones and says so: 95016 for a transition not allowed, 40029 for an
-invalid event code, 40058 for an invalid parameter.
+documented transitions, a servicer who is receiving (95014); a callback's Token valid 10 minutes; a
+session that ends by itself after 48 hours, with no event. Where the reference gives no errcode the
+sandbox uses codes from WeCom's global table and says so: 95007 for an expired or unknown callback
+Token, 95016 for a transition not allowed, 40029 for an invalid event code, 40058 for an invalid
+parameter.
 
 It also plays the customers and servicers: `KfWorld` methods (and `/sandbox/wecom/*`) add customer
 messages, welcome events, a servicer taking, writing in or ending a session, and fire the encrypted
 callback at the webhook as WeCom does.
 """
+import re
 import secrets
 import threading
 import time
@@ -24,6 +27,7 @@ from flask import jsonify, request
 from .. import defaults
 
 THREE_DAYS = 3 * 86400
+SESSION_SECONDS = 48 * 3600
 ACCOUNT = "wkSandboxAccount000000000000001"
 SERVICER = "zhangsan"
 
@@ -55,7 +59,8 @@ class KfWorld:
             self.failures = []        # [{"path", "errcode", "count"}]
             self.delays = {}          # path -> seconds before answering
             self.calls = []           # (path, errcode)
-            self.callbacks = []       # tokens of the callbacks fired
+            self.callbacks = {}       # callback Token -> when it was issued (valid 10 minutes)
+            self.empty_pages = 0      # the next sync_msg answers this many empty pages with has_more = 1
 
     # -- the world's side: customers and servicers -------------------------------------------------
     def _append(self, item):
@@ -73,8 +78,10 @@ class KfWorld:
         with self.lock:
             now = self.clock() if at is None else at
             s = self._session(kfid, uid)
+            if s["state"] != 4 and now - s.get("since", now) > SESSION_SECONDS:
+                s.update(state=4, servicer="")  # a session lasts until ended or 48 h (no event)
             if s["state"] == 4:
-                s.update(state=0, servicer="")
+                s.update(state=0, servicer="", since=now)
             self.windows[(kfid, uid)] = {"allowance": defaults.USER_MSG_QUOTA, "used": 0,
                                          "expires": now + defaults.USER_MSG_WINDOW}
             item = {"open_kfid": kfid, "external_userid": uid, "send_time": int(now), "origin": 3,
@@ -90,7 +97,8 @@ class KfWorld:
             now = self.clock()
             ev = {"event_type": "enter_session", "open_kfid": kfid, "external_userid": uid, "scene": scene,
                   "scene_param": scene_param}
-            wrote = any(i.get("external_userid") == uid and i.get("origin") == 3 for i in self.log)
+            wrote = any(i.get("external_userid") == uid and i.get("origin") == 3
+                        and now - i["send_time"] < 48 * 3600 for i in self.log)
             if not wrote and now - self.welcomed.get((kfid, uid), -1e12) > 48 * 3600:
                 code = "WELCOME_" + secrets.token_hex(8)
                 self.codes[code] = {"expires": now + 20, "used": False, "kfid": kfid, "uid": uid, "scene": "welcome"}
@@ -102,7 +110,7 @@ class KfWorld:
         session re-opened (4)."""
         with self.lock:
             s = self._session(kfid, uid)
-            change = 4 if s["state"] == 4 else 1
+            change = {4: 4, 2: 1}.get(s["state"], 2)  # re-opened, taken from the pool, else transferred
             old = s["servicer"]
             s.update(state=3, servicer=servicer)
             ev = {"event_type": "session_status_change", "open_kfid": kfid, "external_userid": uid,
@@ -127,7 +135,7 @@ class KfWorld:
     def new_callback_token(self):
         token = "ENC" + secrets.token_urlsafe(33)
         with self.lock:
-            self.callbacks.append(token)
+            self.callbacks[token] = self.clock()
         return token
 
     def sent_to(self, uid=None):
@@ -206,8 +214,11 @@ def register(app, world, fire_callback):
         kfid = data.get("open_kfid")
         if kfid not in world.accounts:
             return err(95000, "invalid open_kfid")
-        if len(str(data.get("token", "")).encode()) > 128:
-            return err(40058, "invalid token length")
+        token = data.get("token")
+        if token is not None and (token not in world.callbacks or world.clock() - world.callbacks[token] > 600):
+            # A Token comes from a callback and lives 10 minutes (protocol ref. 5.3); the errcode is
+            # WeCom's "invalid msg token" from its global table (the reference names none).
+            return err(95007, "invalid msg token")
         limit = int(data.get("limit") or 1000)
         if not 1 <= limit <= 1000:
             return err(40058, "limit must be 1-1000")
@@ -220,6 +231,12 @@ def register(app, world, fire_callback):
             else:  # no cursor: the oldest message of the last 3 days
                 horizon = world.clock() - THREE_DAYS
                 start = next((i for i, m in enumerate(world.log) if m["send_time"] >= horizon), len(world.log))
+            if world.empty_pages > 0:  # "msg_list may be empty while has_more is 1" (protocol ref. 5.3)
+                world.empty_pages -= 1
+                nxt = "C" + secrets.token_hex(10)
+                world.cursors[nxt] = start
+                world.calls.append((request.path, 0))
+                return jsonify(errcode=0, errmsg="ok", next_cursor=nxt, has_more=1, msg_list=[])
             mine = [i for i in range(start, len(world.log)) if _account_of(world.log[i]) == kfid]
             page = mine[:limit]
             end = page[-1] + 1 if page else len(world.log)
@@ -242,7 +259,7 @@ def register(app, world, fire_callback):
             return err(95000, "invalid open_kfid")
         if not uid:
             return err(40003, "invalid external_userid")
-        if msgid is not None and (len(str(msgid).encode()) > 32 or not all(c.isalnum() or c in "_-" for c in str(msgid))):
+        if msgid is not None and not re.fullmatch(r"[0-9A-Za-z_-]{1,32}", str(msgid)):
             return err(40058, "invalid msgid")
         content = data.get(msgtype)
         if msgtype not in ("text", "image", "voice", "video", "file", "link", "miniprogram", "msgmenu", "location") \
@@ -305,7 +322,10 @@ def register(app, world, fire_callback):
         with world.lock:
             s = world._session(data["open_kfid"], data.get("external_userid"))
             world.calls.append((request.path, 0))
-            return jsonify(errcode=0, errmsg="ok", service_state=s["state"], servicer_userid=s["servicer"])
+            out = {"errcode": 0, "errmsg": "ok", "service_state": s["state"]}
+            if s["state"] == 3:  # the servicer only when a servicer has it (protocol ref. 5.6)
+                out["servicer_userid"] = s["servicer"]
+            return jsonify(out)
 
     allowed = {0: {1, 2, 3}, 1: {2, 3}, 2: {3}, 3: {3, 4}, 4: set()}
 
