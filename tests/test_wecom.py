@@ -460,3 +460,16 @@ def test_sandbox_wecom_tokens_expire_and_account_list_needs_one(svc, sandbox, wo
     sandbox.state.offset += 7200  # every token expired: one refresh, the call retried once
     assert svc.kf.api.call("/cgi-bin/kf/account/list", method="GET")["errcode"] == 0
     assert world.token_fetches == fetches + 1
+
+
+def test_empty_pages_with_has_more_are_read_through(svc, world, r):
+    """Protocol ref. 5.3: msg_list may be empty while has_more is 1; the cursor still moves."""
+    worker = start_worker(svc)
+    msgid = world.customer_message("wmEmpty", QUESTIONS[0])
+    r.set(keys.kf_cursor(ACCOUNT), "Cstart")
+    world.cursors["Cstart"] = 0
+    world.empty_pages = 3
+    svc.kf.wake(ACCOUNT, world.new_callback_token())
+    run_until_quiet(worker)
+    assert [m["msgid"] for m in world.sent_to("wmEmpty")] == [msgid_for(f"wk_{msgid}:part:0")]
+    assert world.calls.count(("/cgi-bin/kf/sync_msg", 0)) == 4
