@@ -382,3 +382,51 @@ def test_behind_a_trusted_proxy_one_clients_failures_do_not_lock_out_another(cfg
     ok = c.post("/console/login", data={"name": "alice", "password": "correct horse", "csrf_token": token},
                 headers={"X-Forwarded-For": "2.2.2.2"}, environ_base={"REMOTE_ADDR": "10.0.0.1"})
     assert ok.status_code == 302
+
+
+def test_account_management_from_the_cli(svc, cfg, client):
+    runner = CliRunner()
+    env = {"WXKF_REDIS_URL": cfg.redis_url}
+
+    def run(*args, input=None):
+        return runner.invoke(main, ["user", *args], input=input, env=env)
+
+    assert run("add", "张三", "--role", "agent", "--password-stdin", input="long enough pw\n").exit_code == 0
+    assert run("add", "root", "--role", "admin", "--password-stdin", input="battery staple\n").exit_code == 0
+    listed = run("list")
+    assert listed.exit_code == 0
+    assert [line.split("\t")[:2] for line in listed.output.splitlines()] == [["root", "admin"], ["张三", "agent"]]
+    # An open login ends when the password changes.
+    acc = Accounts(svc.redis)
+    sid = acc.open_session("张三")
+    assert run("passwd", "张三", "--password-stdin", input="a new long password\n").exit_code == 0
+    assert acc.session_user(sid) is None
+    assert acc.login("张三", "long enough pw", "1.2.3.4") is None
+    assert acc.login("张三", "a new long password", "1.2.3.4")["role"] == "agent"
+    # Disabled: no login, even with the right password; enabled again: login works.
+    sid = acc.open_session("张三")
+    assert run("disable", "张三").exit_code == 0
+    assert acc.session_user(sid) is None and acc.get("张三") is None
+    assert acc.login("张三", "a new long password", "1.2.3.4") is None
+    assert "disabled" in run("list").output
+    assert run("enable", "张三").exit_code == 0
+    assert acc.login("张三", "a new long password", "1.2.3.5")["role"] == "agent"
+    # Locked after failures from two addresses; unlock lifts both.
+    for address in ("5.5.5.5", "6.6.6.6"):
+        for _ in range(6):
+            acc.login("张三", "wrong", address)
+        assert acc.locked("张三", address)
+    unlocked = run("unlock", "张三")
+    assert unlocked.exit_code == 0 and "2 lock(s)" in unlocked.output
+    assert not acc.locked("张三", "5.5.5.5") and not acc.locked("张三", "6.6.6.6")
+    assert run("delete", "张三", "--yes").exit_code == 0
+    assert acc.get("张三") is None
+    gone = run("passwd", "张三", "--password-stdin", input="a new long password\n")
+    assert gone.exit_code == 1 and "no user" in gone.output
+
+
+def test_account_cli_says_clearly_when_redis_is_not_reachable(cfg):
+    result = CliRunner().invoke(main, ["user", "list"], env={"WXKF_REDIS_URL": "redis://127.0.0.1:9/0"})
+    assert result.exit_code == 1
+    assert "cannot reach redis://127.0.0.1:9/0" in result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)

@@ -183,6 +183,30 @@ def user():
     """Console accounts."""
 
 
+def _accounts(ctx, action):
+    """Run `action(accounts)` against the configured Redis; a clear message and exit 1 for an account
+    error or a Redis that cannot be reached, never a traceback."""
+    import redis as redis_lib
+    from .agents.accounts import AccountError, Accounts
+    from .store import connect
+    cfg = _config(ctx)
+    try:
+        return action(Accounts(connect(cfg.effective_redis_url)))
+    except AccountError as exc:
+        click.echo(f"wxkf: {exc}", err=True)
+    except redis_lib.RedisError as exc:
+        where = cfg.redis_url or f"the embedded Redis ({cfg.embedded_redis_url})"
+        click.echo(f"wxkf: cannot reach {where}: {exc}. Is wxkf running (./run.sh starts the embedded "
+                   f"Redis), or is redis_url / WXKF_REDIS_URL right?", err=True)
+    sys.exit(1)
+
+
+def _password(password_stdin):
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return click.prompt("password", hide_input=True, confirmation_prompt=True)
+
+
 @user.command("add")
 @click.argument("name")
 @click.option("--role", type=click.Choice(["agent", "admin"]), required=True)
@@ -190,19 +214,68 @@ def user():
 @click.pass_context
 def user_add(ctx, name, role, password_stdin):
     """Create a console account (the password is asked for, or read from stdin)."""
-    from .agents.accounts import AccountError, Accounts
-    from .store import connect
-    cfg = _config(ctx)
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
-    try:
-        Accounts(connect(cfg.effective_redis_url)).add(name, role, password)
-    except AccountError as exc:
-        click.echo(f"wxkf: {exc}", err=True)
-        sys.exit(1)
+    password = _password(password_stdin)
+    _accounts(ctx, lambda acc: acc.add(name, role, password))
     click.echo(f"user {name} added ({role})")
+
+
+@user.command("list")
+@click.pass_context
+def user_list(ctx):
+    """Every console account: name, role, created, and whether it is disabled."""
+    for u in _accounts(ctx, lambda acc: acc.list()):
+        created = time.strftime("%Y-%m-%d", time.localtime(u["created"])) if u["created"] else "-"
+        click.echo(f"{u['name']}\t{u['role']}\t{created}\t{'disabled' if u['disabled'] else 'active'}")
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
+@click.pass_context
+def user_passwd(ctx, name, password_stdin):
+    """Set a new password; the account's open console logins end."""
+    password = _password(password_stdin)
+    _accounts(ctx, lambda acc: acc.set_password(name, password))
+    click.echo(f"password of {name} changed; its open logins were ended")
+
+
+@user.command("disable")
+@click.argument("name")
+@click.pass_context
+def user_disable(ctx, name):
+    """Stop an account from logging in, and end its open logins."""
+    _accounts(ctx, lambda acc: acc.disable(name))
+    click.echo(f"user {name} disabled")
+
+
+@user.command("enable")
+@click.argument("name")
+@click.pass_context
+def user_enable(ctx, name):
+    """Let a disabled account log in again."""
+    _accounts(ctx, lambda acc: acc.disable(name, disabled=False))
+    click.echo(f"user {name} enabled")
+
+
+@user.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def user_delete(ctx, name, yes):
+    """Delete an account (its audit entries stay)."""
+    if not yes:
+        click.confirm(f"delete user {name}?", abort=True)
+    _accounts(ctx, lambda acc: acc.delete(name))
+    click.echo(f"user {name} deleted")
+
+
+@user.command("unlock")
+@click.argument("name")
+@click.pass_context
+def user_unlock(ctx, name):
+    """Lift the 15-minute lock after too many failed logins, from every address."""
+    n = _accounts(ctx, lambda acc: acc.unlock(name))
+    click.echo(f"user {name}: {n} lock(s) lifted")
 
 
 @main.group()

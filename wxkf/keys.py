@@ -88,6 +88,16 @@ KB_LOCK = f"{NS}:kb:lock"
 """Held while one knowledge edit reads, changes and writes a file."""
 
 
+def user_sessions(name):
+    """Set of an account's open console session ids, so a password change or disable ends them all."""
+    return f"{NS}:usessions:{name}"
+
+
+def login_failure_index(name_digest):
+    """Set of the failed-login keys of one typed name (all addresses), for `wxkf user unlock`."""
+    return f"{NS}:loginfail-index:{name_digest}"
+
+
 def console_session(sid):
     """A console login: the account name, until logout or expiry."""
     return f"{NS}:csession:{sid}"
