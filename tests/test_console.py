@@ -263,7 +263,7 @@ def test_statistics_page(client, accounts, svc, builder, sandbox):
     token = csrf(client, "/console/c/o_s3")
     client.post("/console/c/o_s3/reply", data={"csrf_token": token, "reply_id": "r1", "text": "您好"})
     page = client.get("/console/stats").get_data(as_text=True)
-    assert "complaint：1" in page
+    assert "投诉：1" in page
     assert "今天天气怎么样（1）" in page
     assert re.search(r'id="median">\d+ 秒', page)
     assert 'class="s-knowledge"' in page and 'class="s-escalate"' in page
@@ -430,3 +430,33 @@ def test_account_cli_says_clearly_when_redis_is_not_reachable(cfg):
     assert result.exit_code == 1
     assert "cannot reach redis://127.0.0.1:9/0" in result.output
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+
+
+ENGLISH_CODES = re.compile(r"\b(waiting|claimed|shopper|bot|system|agent|note|complaint|urgent|request|anger|"
+                           r"repeated_failure|knowledge|fallback|suggest|escalate)\b")
+
+
+def _visible_text(html):
+    html = re.sub(r"(?s)<script.*?</script>|<style.*?</style>", "", html)
+    return re.sub(r"<[^>]+>", " ", html)
+
+
+def test_pages_say_statuses_roles_and_reasons_in_chinese_with_times_and_the_shoppers_last_words(
+        client, accounts, builder, sandbox, svc):
+    login(client)
+    escalate(client, builder, sandbox, "o_words", text="我要投诉 东西坏了")
+    run_worker(svc)
+    token = csrf(client, "/console/c/o_words")
+    client.post("/console/c/o_words/claim", data={"csrf_token": token})
+    client.post("/console/c/o_words/note", data={"csrf_token": token, "text": "已补发"})
+    queue = client.get("/console/").get_data(as_text=True)
+    page = client.get("/console/c/o_words").get_data(as_text=True)
+    stats = client.get("/console/stats").get_data(as_text=True)
+    for html in (queue, page, stats):
+        assert not ENGLISH_CODES.findall(_visible_text(html)), ENGLISH_CODES.findall(_visible_text(html))
+    assert "投诉" in queue and "已接入" in queue
+    assert "我要投诉 东西坏了" in _visible_text(queue)  # the shopper's words, not the bot's handoff line
+    assert client.get("/console/api/queue").get_json()["queue"][0]["last"] == "我要投诉 东西坏了"
+    text = _visible_text(page)
+    assert "顾客" in text and "机器人" in text and "内部备注" in text and "转人工：投诉" in text
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", text)  # every message with its time

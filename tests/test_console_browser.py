@@ -58,7 +58,7 @@ def test_agent_handles_an_escalation_in_the_browser(stack, builder, sandbox, bro
     # An escalation arrives while the queue page is open: it appears without a reload.
     assert push(stack, builder, sandbox, "o_browser", "我要投诉<script>alert(1)</script>").status_code == 200
     page.wait_for_selector("#queue a:has-text('o_browser')", timeout=10_000)
-    assert "complaint" in page.inner_text("#queue")
+    assert page.inner_text("#queue tr td:nth-child(2)") == "投诉"  # the reason, in Chinese
 
     page.click("#queue a:has-text('o_browser')")
     page.wait_for_selector("#transcript")

@@ -194,4 +194,4 @@ def test_a_handoff_started_by_the_webhook_or_by_the_worker_is_the_same_handoff(c
     assert scores["o_by_worker"] == pytest.approx(float(by_worker["since"]) - 300_000)
     lines = [[t["text"] for t in svc.handoffs.transcript(o) if t["role"] == "system"]
              for o in ("o_by_webhook", "o_by_worker")]
-    assert lines == [["转人工：complaint"], ["转人工：complaint"]]
+    assert lines == [["转人工：投诉"], ["转人工：投诉"]]

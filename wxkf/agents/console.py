@@ -98,7 +98,8 @@ def _queue_rows():
     now = time.time()
     rows = []
     for q in queue:
-        last = svc().handoffs.transcript(q["openid"])[-1:] or [{}]
+        said = [t for t in svc().handoffs.transcript(q["openid"]) if t.get("role") == "shopper"]
+        last = said[-1:] or [{}]  # what the shopper said last, not the bot's handoff line
         rows.append({"openid": q["openid"], "channel": svc().channel_of(q["openid"]), "reason": q.get("reason", ""),
                      "priority": int(q.get("priority", 0)),
                      "status": q.get("status", ""), "agent": q.get("agent", ""),
@@ -221,6 +222,8 @@ def init_app(app, cfg):
                       SESSION_COOKIE_SECURE=cfg.console_https, SESSION_COOKIE_NAME="wxkf_session",
                       PERMANENT_SESSION_LIFETIME=12 * 3600)
     app.jinja_env.filters.setdefault("datetime", lambda ts: time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)))
+    from . import wording
+    wording.install(app)
     app.register_blueprint(bp)
     from . import admin
     app.register_blueprint(admin.bp)

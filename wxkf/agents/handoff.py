@@ -14,6 +14,7 @@ from enum import Enum
 
 from .. import keys
 from ..defaults import IDEMPOTENCY_TTL
+from . import wording
 
 HOLD_SECONDS = 30 * 60
 """Seconds a handoff lives without agent activity (WeChat stops forwarding after 30 idle minutes)."""
@@ -76,7 +77,7 @@ class Handoffs:
 
     def announce(self, openid, reason, once=None):
         """The transcript line that says a handoff started (once per push with `once`)."""
-        self.log(openid, "system", f"转人工：{reason}", once=once, reason=reason)
+        self.log(openid, "system", f"转人工：{wording.reason(reason)}", once=once, reason=reason)
 
     def get(self, openid):
         return self.redis.hgetall(keys.handoff(openid)) or None
