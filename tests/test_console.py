@@ -460,3 +460,20 @@ def test_pages_say_statuses_roles_and_reasons_in_chinese_with_times_and_the_shop
     text = _visible_text(page)
     assert "顾客" in text and "机器人" in text and "内部备注" in text and "转人工：投诉" in text
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", text)  # every message with its time
+
+
+def test_resolve_says_so_and_leaves_no_action_that_no_longer_applies(client, accounts, builder, sandbox, svc):
+    login(client)
+    escalate(client, builder, sandbox, "o_done")
+    run_worker(svc)
+    page = client.get("/console/c/o_done").get_data(as_text=True)
+    assert "/console/c/o_done/claim" in page and 'data-confirm="确认已解决' in page  # asked before resolving
+    token = csrf(client, "/console/c/o_done")
+    client.post("/console/c/o_done/claim", data={"csrf_token": token})
+    assert "/console/c/o_done/claim" not in client.get("/console/c/o_done").get_data(as_text=True)  # mine now
+    done = client.post("/console/c/o_done/resolve", data={"csrf_token": token}, follow_redirects=True)
+    html = done.get_data(as_text=True)
+    assert "会话已解决，已交还机器人。" in html
+    assert not re.search(r"/console/c/o_done/(claim|resolve|handback)", html)
+    again = client.post("/console/c/o_done/resolve", data={"csrf_token": token}, follow_redirects=True)
+    assert "这个会话已交还机器人。" in again.get_data(as_text=True)

@@ -177,7 +177,10 @@ def act(openid, action):
             if h.held(openid):
                 h.touch(openid, agent=me)
     elif action in ("resolve", "handback"):
-        h.end(openid, "已解决" if action == "resolve" else f"{me} 交还机器人", who=me)
+        if h.end(openid, "已解决" if action == "resolve" else f"{me} 交还机器人", who=me):
+            flash("会话已解决，已交还机器人。" if action == "resolve" else "已交还机器人。")
+        else:
+            flash("这个会话已交还机器人。")
     else:
         abort(404)
     accounts().audit(me, action, openid)
