@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from conftest import BIN, wait_for
+from wxkf import keys
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ def push(stack, builder, sandbox, openid, text):
     return requests.post(stack.url + url, data=body, timeout=5)
 
 
-def test_agent_handles_an_escalation_in_the_browser(stack, builder, sandbox, browser):
+def test_agent_handles_an_escalation_in_the_browser(stack, builder, sandbox, browser, r):
     stack.start_worker()
     stack.wait_healthy()
     add_user(stack, "alice", "agent", "correct horse")
@@ -74,8 +75,15 @@ def test_agent_handles_an_escalation_in_the_browser(stack, builder, sandbox, bro
     sent = wait_for(lambda: [m["text"]["content"] for m in sandbox.sends("o_browser")][-1] == "您好，我是客服小王，马上为您处理。")
     assert sent, sandbox.sends("o_browser")
 
+    asked = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))  # the agent thinks again
+    page.click("button:has-text('已解决')")
+    assert asked == ["确认已解决？会话将交还机器人。"]
+    assert r.exists(keys.handoff("o_browser"))  # dismissed: still with the agent
+    page.once("dialog", lambda d: d.accept())
     page.click("button:has-text('已解决')")
     page.wait_for_selector("text=机器人接待中")
+    assert "会话已解决" in page.inner_text("body")
     page.goto(stack.url + "/console/")
     assert "o_browser" not in page.inner_text("#queue")
 
