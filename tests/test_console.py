@@ -6,6 +6,7 @@ from click.testing import CliRunner
 
 from wxkf.agents.accounts import Accounts, AccountError
 from conftest import start_worker
+from wxkf import keys
 from wxkf.cli import main
 
 
@@ -251,6 +252,30 @@ def test_unanswered_questions_become_examples(client, accounts, kb_copy, svc, bu
     svc.knowledge.interval = 0
     assert "可以刻字吗" in svc.knowledge.get().intent("stock").examples
     assert "可以刻字吗" not in client.get("/console/kb").get_data(as_text=True).split("没答上来的问题")[1]
+
+
+def test_unanswered_noise_is_dismissed_and_no_intent_is_preselected(client, accounts, kb_copy, svc):
+    login(client, "root", "battery staple")
+    svc.redis.zincrby(keys.UNANSWERED, 3, "asdfgh啊啊啊")
+    page = client.get("/console/kb").get_data(as_text=True)
+    assert '<option value="">选择意图…</option>' in page  # not silently the first intent
+    token = csrf(client, "/console/kb")
+    unchosen = client.post("/console/kb/example", data={"csrf_token": token, "text": "asdfgh啊啊啊", "intent": ""},
+                           follow_redirects=True)
+    assert "请先选择要加入的意图" in unchosen.get_data(as_text=True)
+    assert svc.redis.zscore(keys.UNANSWERED, "asdfgh啊啊啊") == 3
+    done = client.post("/console/kb/unanswered/dismiss", data={"csrf_token": token, "text": "asdfgh啊啊啊"},
+                       follow_redirects=True)
+    assert "已忽略" in done.get_data(as_text=True)
+    assert svc.redis.zscore(keys.UNANSWERED, "asdfgh啊啊啊") is None
+    assert "kb_dismiss" in [a["action"] for a in accounts.audit_log()]
+    agent = client.post("/console/logout", data={"csrf_token": token})
+    assert agent.status_code == 302
+    login(client)  # an agent may not dismiss
+    svc.redis.zincrby(keys.UNANSWERED, 1, "噪音")
+    token = csrf(client, "/console/")
+    assert client.post("/console/kb/unanswered/dismiss", data={"csrf_token": token, "text": "噪音"}).status_code == 403
+    assert svc.redis.zscore(keys.UNANSWERED, "噪音") == 1
 
 
 def test_statistics_page(client, accounts, svc, builder, sandbox):

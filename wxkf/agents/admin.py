@@ -132,7 +132,20 @@ def kb_rollback(version):
 def kb_add_example():
     """Turn an unanswered question into an example of an intent."""
     text, intent_id = (request.form.get("text") or "").strip(), request.form.get("intent", "")
+    if not intent_id:
+        flash("请先选择要加入的意图。")
+        return redirect(url_for("admin.kb_list"))
     if _apply(lambda who: editor().add_example(intent_id, text, who=who), "kb_add_example", intent_id,
               f"已把「{text}」加入「{intent_id}」的例句。", text=text):
         svc().redis.zrem(keys.UNANSWERED, text)
+    return redirect(url_for("admin.kb_list"))
+
+
+@bp.post("/unanswered/dismiss")
+def kb_dismiss():
+    """Drop an unanswered question that needs no answer (noise, gibberish, a test)."""
+    text = request.form.get("text") or ""
+    if svc().redis.zrem(keys.UNANSWERED, text):
+        accounts().audit(g.user["name"], "kb_dismiss", "", text=text[:60])
+        flash(f"已忽略「{text[:30]}」。")
     return redirect(url_for("admin.kb_list"))
