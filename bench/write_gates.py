@@ -1,8 +1,9 @@
 """Record the level every trade reached as its CI gate (tests/eval/gates.json).
 
-    .venv/bin/python bench/write_gates.py [--print-only] [trade ...]
+    .venv/bin/python bench/write_gates.py [--print-only] [--ci] [trade ...]
 
-With trade names, only those are measured again and merged into the existing gates.json.
+With trade names, only those are measured again and merged into the existing gates.json. With
+`--ci`, every CI_EVERY-th case only, into gates-ci.json: the sample CI runs (tests/test_trades.py).
 
 Runs each trade (development and blind) through the whole engine with the real model, as
 tests/test_trades.py does, and writes floors for the figures that must not fall and ceilings for those
@@ -23,6 +24,8 @@ from wxkf.dialogue.evaluate import evaluate_engine, read_cases  # noqa: E402
 from wxkf.dialogue.knowledge import KnowledgeStore  # noqa: E402
 
 EVAL = ROOT / "tests" / "eval"
+CI_EVERY = 2
+"""As in tests/test_trades.py."""
 # figure -> (count it is a rate of, direction)
 RATES = {"answered_right": ("in_scope", +1), "escalation_recall": ("escalations", +1),
          "multi_both": ("multi", +1), "follow_right": ("follow", +1),
@@ -33,13 +36,16 @@ RATES = {"answered_right": ("in_scope", +1), "escalation_recall": ("escalations"
 def main():
     llm = model.load(config_mod.load(env={}).model_path)
     only = [a for a in sys.argv[1:] if not a.startswith("--")]
-    gates = json.loads((EVAL / "gates.json").read_text()) if only else {}
+    ci = "--ci" in sys.argv
+    target = EVAL / ("gates-ci.json" if ci else "gates.json")
+    gates = json.loads(target.read_text()) if only else {}
     for kind in ("trades", "blind"):
         for folder in sorted((EVAL / kind).iterdir()):
             if not (folder / "cases.tsv").exists() or (only and folder.name not in only):
                 continue
             engine = DialogueEngine(KnowledgeStore(folder / "knowledge"), llm=llm).warm_up()
-            f = evaluate_engine(folder.name, read_cases(folder / "cases.tsv"), engine).figures()
+            cases = read_cases(folder / "cases.tsv")
+            f = evaluate_engine(folder.name, cases[::CI_EVERY] if ci else cases, engine).figures()
             gate = {}
             for key, (count, direction) in RATES.items():
                 n = f[count] or 1
@@ -49,8 +55,8 @@ def main():
             gates[folder.name] = gate
             print(kind, folder.name, json.dumps(f, ensure_ascii=False), flush=True)
     if "--print-only" not in sys.argv:
-        (EVAL / "gates.json").write_text(json.dumps(gates, ensure_ascii=False, indent=2) + "\n")
-        print(f"wrote {EVAL / 'gates.json'}")
+        target.write_text(json.dumps(gates, ensure_ascii=False, indent=2) + "\n")
+        print(f"wrote {target}")
 
 
 if __name__ == "__main__":
