@@ -502,3 +502,45 @@ def test_resolve_says_so_and_leaves_no_action_that_no_longer_applies(client, acc
     assert not re.search(r"/console/c/o_done/(claim|resolve|handback)", html)
     again = client.post("/console/c/o_done/resolve", data={"csrf_token": token}, follow_redirects=True)
     assert "这个会话已交还机器人。" in again.get_data(as_text=True)
+
+
+def test_every_conversation_is_listed_searched_filtered_and_paginated(client, accounts, svc):
+    import time
+    login(client)
+    h, now, day = svc.handoffs, time.time(), 86400
+    for i in range(65):  # quiet conversations the bot handled, five days ago
+        h.clock = lambda i=i: now - 5 * day + i * 60
+        h.log(f"o_c{i:02d}", "shopper", f"第{i}个问题")
+        h.log(f"o_c{i:02d}", "bot", "回答")
+    h.clock = lambda: now - 2 * day  # a complaint an agent resolved, two days ago
+    h.start("o_angry", "complaint", 3, via="worker")
+    h.log("o_angry", "shopper", "你们的服务太差了")
+    h.touch("o_angry", agent="alice", claim=True)
+    h.log("o_angry", "agent", "非常抱歉", agent="alice")
+    h.end("o_angry", "已解决", who="alice")
+    h.clock = time.time  # a WeCom customer, now
+    svc.redis.hset(keys.kf_user("wmNow"), "open_kfid", "wkAccount")
+    h.log("wmNow", "shopper", "在吗")
+
+    def listed(**args):
+        html = client.get("/console/conversations", query_string=args).get_data(as_text=True)
+        return re.findall(r'href="/console/c/([^"]+)"', html), html
+
+    first, html = listed()
+    assert "共 67 个会话，第 1 / 3 页" in html
+    assert first[:2] == ["wmNow", "o_angry"] and len(first) == 30  # newest first
+    last, _ = listed(page=3)
+    assert last == [f"o_c{i:02d}" for i in range(6, -1, -1)]
+    assert listed(q="服务太差")[0] == ["o_angry"]  # by what was said
+    assert listed(q="o_c6")[0] == ["o_c64", "o_c63", "o_c62", "o_c61", "o_c60"]  # by id
+    assert listed(reason="complaint")[0] == ["o_angry"]  # past handoffs keep their reason
+    assert listed(agent="alice")[0] == ["o_angry"]
+    assert listed(channel="wecom")[0] == ["wmNow"]
+    assert listed(status="human")[0] == []
+    two_days_ago = time.strftime("%Y-%m-%d", time.localtime(now - 2 * day))
+    assert listed(**{"from": two_days_ago, "to": two_days_ago})[0] == ["o_angry"]
+    row = re.search(r"o_angry</a></td>(.*?)</tr>", html, re.S).group(1)
+    assert "投诉" in row and "alice" in row and "非常抱歉" not in row and "你们的服务太差了" in row
+    assert not ENGLISH_CODES.findall(_visible_text(html))
+    _, bad = listed(**{"from": "next tuesday"})
+    assert "日期格式应为" in bad and "共 67 个会话" in bad

@@ -74,6 +74,11 @@ def transcript(openid):
     return f"{NS}:transcript:{openid}"
 
 
+CONVERSATIONS = f"{NS}:conversations"
+"""Sorted set: every shopper with a transcript, scored by the time of its last line (the console's
+conversation list)."""
+
+
 def user(name):
     """Hash: role, password hash, created."""
     return f"{NS}:user:{name}"

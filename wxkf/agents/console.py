@@ -120,6 +120,68 @@ def api_queue():
     return jsonify(queue=rows, returned_to_bot=expired)
 
 
+# -- every conversation ---------------------------------------------------------------------------
+PAGE_SIZE = 30
+SCAN_LIMIT = 3000
+"""Conversations searched per query, newest first: a week of a small shop's chats (transcripts live
+7 days). Narrow by date for older ones."""
+
+
+def _day(value, end=False):
+    """'YYYY-MM-DD' (local time) -> the timestamp of its start (or end); None when empty or not a date."""
+    try:
+        start = time.mktime(time.strptime(value or "", "%Y-%m-%d"))
+    except ValueError:
+        return None
+    return start + 86400 - 0.001 if end else start
+
+
+@bp.get("/conversations")
+def conversations():
+    """Every conversation, live and past, with search (id or text, date range) and filters (status,
+    reason, agent, channel), newest first, paginated."""
+    a = request.args
+    q = (a.get("q") or "").strip()[:100]
+    status, reason, channel = a.get("status", ""), a.get("reason", ""), a.get("channel", "")
+    agent = (a.get("agent") or "").strip()[:64]
+    since, until = _day(a.get("from")), _day(a.get("to"), end=True)
+    bad_dates = [d for d in (a.get("from"), a.get("to")) if d and _day(d) is None]
+    page = int(a.get("page")) if (a.get("page") or "").isdigit() and int(a.get("page")) > 0 else 1
+    h = svc().handoffs
+    found = []
+    for openid, at in h.conversations(since, until)[:SCAN_LIMIT]:
+        state = h.get(openid)
+        if (status == "human" and not state) or (status == "bot" and state):
+            continue
+        ch = svc().channel_of(openid) if channel or len(found) < page * PAGE_SIZE else None
+        if channel and ch != channel:
+            continue
+        transcript = None
+        if reason or agent or (q and q not in openid):
+            transcript = h.transcript(openid)
+            if q and q not in openid and not any(q in (t.get("text") or "") for t in transcript):
+                continue
+            if reason and reason not in {t.get("reason") for t in transcript} | {(state or {}).get("reason")}:
+                continue
+            if agent and agent not in {t.get("agent") for t in transcript} | {(state or {}).get("agent")}:
+                continue
+        found.append((openid, at, state, ch, transcript))
+    rows = []
+    for openid, at, state, ch, transcript in found[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]:
+        transcript = transcript if transcript is not None else h.transcript(openid)
+        said = [t for t in transcript if t.get("role") == "shopper"]
+        reasons = [t["reason"] for t in transcript if t.get("reason")]
+        rows.append({"openid": openid, "channel": ch or svc().channel_of(openid), "at": at, "state": state,
+                     "reason": (state or {}).get("reason") or (reasons[-1] if reasons else ""),
+                     "agent": (state or {}).get("agent") or next((t["agent"] for t in reversed(transcript)
+                                                                  if t.get("role") == "agent" and t.get("agent")), ""),
+                     "last": (said[-1].get("text") or "")[:80] if said else "", "lines": len(transcript)})
+    args = {k: v for k, v in a.items() if k != "page" and v}
+    return render_template("conversations.html", rows=rows, total=len(found), page=page,
+                           pages=max(1, -(-len(found) // PAGE_SIZE)), args=args, bad_dates=bad_dates,
+                           channel_names=CHANNEL_NAMES)
+
+
 # -- one conversation -----------------------------------------------------------------------------
 def _openid(openid):
     if not openid or len(openid) > 64 or not all(c.isalnum() or c in "-_" for c in openid):

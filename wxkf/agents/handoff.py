@@ -55,6 +55,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
 return 1
 """
 
@@ -122,16 +123,25 @@ class Handoffs:
         """Append to the transcript. With `once` (an inbound push id), the line for that push and role
         is written at most once, so a message redelivered after a crash or a Redis outage does not
         show twice in the console."""
-        entry = json.dumps(dict(extra, at=round(self.clock(), 3), role=role, text=text), ensure_ascii=False)
+        at = round(self.clock(), 3)
+        entry = json.dumps(dict(extra, at=at, role=role, text=text), ensure_ascii=False)
         if once is not None:
-            self._log_once(keys=[keys.transcript(openid), keys.sent(once)],
-                           args=[entry, f"log:{role}", TRANSCRIPT_MAX, TRANSCRIPT_TTL, IDEMPOTENCY_TTL])
+            self._log_once(keys=[keys.transcript(openid), keys.sent(once), keys.CONVERSATIONS],
+                           args=[entry, f"log:{role}", TRANSCRIPT_MAX, TRANSCRIPT_TTL, IDEMPOTENCY_TTL, at, openid])
             return
         pipe = self.redis.pipeline()
         pipe.rpush(keys.transcript(openid), entry)
         pipe.ltrim(keys.transcript(openid), -TRANSCRIPT_MAX, -1)
         pipe.expire(keys.transcript(openid), TRANSCRIPT_TTL)
+        pipe.zadd(keys.CONVERSATIONS, {openid: at})
         pipe.execute()
+
+    def conversations(self, since=None, until=None):
+        """Every conversation with a transcript, newest activity first: [(openid, last activity)].
+        Entries whose transcript expired are dropped from the index as they are met."""
+        self.redis.zremrangebyscore(keys.CONVERSATIONS, "-inf", self.clock() - TRANSCRIPT_TTL)
+        return self.redis.zrevrangebyscore(keys.CONVERSATIONS, until if until is not None else "+inf",
+                                          since if since is not None else "-inf", withscores=True)
 
     def transcript(self, openid):
         return [json.loads(x) for x in self.redis.lrange(keys.transcript(openid), 0, -1)]
