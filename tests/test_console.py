@@ -544,3 +544,31 @@ def test_every_conversation_is_listed_searched_filtered_and_paginated(client, ac
     assert not ENGLISH_CODES.findall(_visible_text(html))
     _, bad = listed(**{"from": "next tuesday"})
     assert "日期格式应为" in bad and "共 67 个会话" in bad
+
+
+def test_an_agent_marks_a_bot_answer_wrong_and_an_admin_fixes_it_in_one_step(client, accounts, kb_copy, svc,
+                                                                             builder, sandbox):
+    login(client)
+    sandbox.state.interact("o_wrong")
+    url, body = builder.request(builder.message("o_wrong", text="能开发票吗"), mode="plain")
+    client.post(url, data=body)
+    run_worker(svc)
+    page = client.get("/console/c/o_wrong").get_data(as_text=True)
+    at = re.search(r'name="at" value="([^"]+)"', page).group(1)  # the bot's answer has the button
+    token = csrf(client, "/console/c/o_wrong")
+    done = client.post("/console/c/o_wrong/wrong", data={"csrf_token": token, "at": at}, follow_redirects=True)
+    assert "已标记为答错" in done.get_data(as_text=True)
+    assert client.post("/console/c/o_wrong/wrong", data={"csrf_token": token, "at": "1.0"},
+                       follow_redirects=True).get_data(as_text=True).count("找不到这条机器人回复") == 1
+    assert any(t["role"] == "note" and "标记机器人答错" in t["text"] for t in svc.handoffs.transcript("o_wrong"))
+    client.post("/console/logout", data={"csrf_token": token})
+    login(client, "root", "battery staple")
+    kb_page = client.get("/console/kb").get_data(as_text=True)
+    review = kb_page.split('id="review"')[1].split("</table>")[0]
+    assert "能开发票吗" in review and "发票" in review and "alice" in review
+    token = csrf(client, "/console/kb")
+    client.post("/console/kb/example", data={"csrf_token": token, "text": "能开发票吗", "intent": "coupon"})
+    svc.knowledge.interval = 0
+    assert "能开发票吗" in svc.knowledge.get().intent("coupon").examples
+    assert svc.redis.hlen(keys.REVIEW) == 0
+    assert "能开发票吗" not in client.get("/console/kb").get_data(as_text=True).split('id="review"')[1].split("</table>")[0]

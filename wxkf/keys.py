@@ -119,6 +119,11 @@ UNANSWERED = f"{NS}:unanswered"
 """Sorted set: shopper questions the bot could not answer, scored by how often they came."""
 
 
+REVIEW = f"{NS}:review"
+"""Hash: shopper text -> JSON of a bot answer an agent marked wrong (intent, answer, by, at, openid),
+for the admins' review list."""
+
+
 def stats_day(day):
     """Hash per UTC day number: replies by source."""
     return f"{NS}:stats:day:{day}"

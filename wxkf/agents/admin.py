@@ -3,6 +3,8 @@
 A blueprint of its own under /console/kb, behind the console's login and CSRF check and, for every
 view it has, the admin role: a page added here cannot forget the check.
 """
+import json
+
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
 from .. import keys
@@ -40,8 +42,19 @@ def kb_list():
     intents = [i for i in kb.intents
                if not q or q in i.id or q in i.title or q in i.answer or any(q in e for e in i.examples)]
     unanswered = svc().redis.zrevrange(keys.UNANSWERED, 0, 19, withscores=True)
-    return render_template("kb.html", intents=intents, q=q, unanswered=unanswered,
+    return render_template("kb.html", intents=intents, q=q, unanswered=unanswered, review=_review(),
                            all_intents=kb.intents, test=None, kb_problems=_kb_problems())
+
+
+def _review():
+    """Bot answers agents marked wrong, newest first: [(shopper text, details with the intent's title)]."""
+    titles = {i.id: i.title for i in svc().knowledge.get().intents}
+    rows = []
+    for text, raw in svc().redis.hgetall(keys.REVIEW).items():
+        r = json.loads(raw)
+        r["title"] = titles.get(r.get("intent"), r.get("intent") or "（无）")
+        rows.append((text, r))
+    return sorted(rows, key=lambda row: -row[1].get("at", 0))[:50]
 
 
 def _kb_problems():
@@ -63,7 +76,7 @@ def kb_test():
     d = engine.decide(Message(kind="text", text=text), Conversation("console-test")) if text else None
     kb = svc().knowledge.get()
     return render_template("kb.html", intents=kb.intents, q="", all_intents=kb.intents, test={"text": text, "d": d},
-                           unanswered=svc().redis.zrevrange(keys.UNANSWERED, 0, 19, withscores=True))
+                           unanswered=svc().redis.zrevrange(keys.UNANSWERED, 0, 19, withscores=True), review=_review())
 
 
 @bp.route("/edit/<intent_id>", methods=["GET", "POST"])
@@ -138,14 +151,15 @@ def kb_add_example():
     if _apply(lambda who: editor().add_example(intent_id, text, who=who), "kb_add_example", intent_id,
               f"已把「{text}」加入「{intent_id}」的例句。", text=text):
         svc().redis.zrem(keys.UNANSWERED, text)
+        svc().redis.hdel(keys.REVIEW, text)
     return redirect(url_for("admin.kb_list"))
 
 
 @bp.post("/unanswered/dismiss")
 def kb_dismiss():
-    """Drop an unanswered question that needs no answer (noise, gibberish, a test)."""
+    """Drop an unanswered question, or a marked answer, that needs nothing done (noise, a test)."""
     text = request.form.get("text") or ""
-    if svc().redis.zrem(keys.UNANSWERED, text):
+    if svc().redis.zrem(keys.UNANSWERED, text) + svc().redis.hdel(keys.REVIEW, text):
         accounts().audit(g.user["name"], "kb_dismiss", "", text=text[:60])
         flash(f"已忽略「{text[:30]}」。")
     return redirect(url_for("admin.kb_list"))

@@ -1,5 +1,6 @@
 """`/console/`: the agent console. Views parse and hand off; state lives in Handoffs and Accounts."""
 import hmac
+import json
 import os
 import re
 import secrets
@@ -238,6 +239,8 @@ def act(openid, action):
             h.log(openid, "note", text, agent=me)
             if h.held(openid):
                 h.touch(openid, agent=me)
+    elif action == "wrong":
+        _mark_wrong(openid, request.form.get("at", ""), me)
     elif action in ("resolve", "handback"):
         if h.end(openid, "已解决" if action == "resolve" else f"{me} 交还机器人", who=me):
             flash("会话已解决，已交还机器人。" if action == "resolve" else "已交还机器人。")
@@ -247,6 +250,26 @@ def act(openid, action):
         abort(404)
     accounts().audit(me, action, openid)
     return redirect(url_for("console.conversation", openid=openid))
+
+
+def _mark_wrong(openid, at, me):
+    """An agent says a bot answer was wrong: it goes to the admins' review list with what the shopper
+    had asked, so the knowledge base can be fixed in one step."""
+    transcript = svc().handoffs.transcript(openid)
+    index = next((i for i, t in enumerate(transcript) if t.get("role") == "bot" and str(t.get("at")) == at), None)
+    if index is None:
+        flash("找不到这条机器人回复（可能已过期）。")
+        return
+    asked = next((t.get("text") for t in reversed(transcript[:index]) if t.get("role") == "shopper"), "")
+    if not asked:
+        flash("这条回复前没有顾客的问题，无法标记。")
+        return
+    bot = transcript[index]
+    svc().redis.hset(keys.REVIEW, asked[:500], json.dumps(
+        {"intent": bot.get("intent") or "", "answer": (bot.get("text") or "")[:500], "source": bot.get("source", ""),
+         "by": me, "at": int(time.time()), "openid": openid}, ensure_ascii=False))
+    svc().handoffs.log(openid, "note", f"标记机器人答错：「{asked[:60]}」", agent=me)
+    flash("已标记为答错，管理员会在知识库页的待复核列表中看到。")
 
 
 @bp.get("/stats")
