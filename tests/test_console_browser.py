@@ -70,7 +70,7 @@ def test_agent_handles_an_escalation_in_the_browser(stack, builder, sandbox, bro
 
     page.click("button:has-text('接入')")
     page.fill("textarea[name=text] >> nth=0", "您好，我是客服小王，马上为您处理。")
-    page.click("button:has-text('发送')")
+    page.press("textarea[name=text] >> nth=0", "Control+Enter")  # sends, as the button does
     page.wait_for_selector("text=您好，我是客服小王")  # shown at once; the worker sends it
     sent = wait_for(lambda: [m["text"]["content"] for m in sandbox.sends("o_browser")][-1] == "您好，我是客服小王，马上为您处理。")
     assert sent, sandbox.sends("o_browser")
@@ -118,3 +118,54 @@ def test_admin_edits_knowledge_and_rolls_back_in_the_browser(kb_stack, browser):
     page.click("#history tr:nth-child(1) >> button")
     assert "已回滚" in page.inner_text(".flash")
     assert "24小时" not in (kb_stack.tmp / "kb" / "aftersale.yaml").read_text()
+
+
+PAGES = ["/console/", "/console/conversations", "/console/c/o_wide", "/console/stats", "/console/kb",
+         "/console/kb/history", "/console/kb/edit/invoice", "/console/kb/new"]
+
+# Horizontal overflow, and visible table cells squeezed to one or two characters a line.
+LAYOUT_CHECK = """() => {
+  const doc = document.documentElement;
+  const squeezed = c => {  // some run of its text wrapped into lines of fewer than 3 characters
+    const walker = document.createTreeWalker(c, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const text = node.textContent.trim();
+      if (text.length <= 3) continue;
+      const range = document.createRange();
+      range.selectNodeContents(node);
+      const lines = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top))).size;
+      if (lines > 1 && text.length / lines < 3) return true;
+    }
+    return false;
+  };
+  const narrow = [...document.querySelectorAll('td, th')].filter(c => c.offsetParent !== null && squeezed(c))
+    .map(c => c.innerText.trim().slice(0, 20));
+  return {overflow: doc.scrollWidth - window.innerWidth, narrow: narrow.slice(0, 5)};
+}"""
+
+
+def test_every_page_fits_a_phone_and_a_desktop(kb_stack, browser, sandbox, builder, tmp_path):
+    """No page scrolls sideways or squeezes a column to a character or two, at 390 and 1280 px.
+    With WXKF_SCREENSHOTS=DIR the pages are also saved there (docs/screenshots/ holds the last set)."""
+    import os
+    from pathlib import Path
+    shots = Path(os.environ.get("WXKF_SCREENSHOTS") or tmp_path)
+    add_user(kb_stack, "root", "admin", "battery staple")
+    kb_stack.start_worker()
+    kb_stack.wait_healthy()
+    assert push(kb_stack, builder, sandbox, "o_wide", "我要投诉，东西坏了，" * 8).status_code == 200
+    assert wait_for(lambda: sandbox.sends("o_wide"))
+    for width, height in ((390, 844), (1280, 800)):
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.goto(kb_stack.url + "/console/login")
+        page.fill("input[name=name]", "root")
+        page.fill("input[name=password]", "battery staple")
+        page.click("button[type=submit]")
+        page.wait_for_url(kb_stack.url + "/console/")
+        for path in PAGES:
+            page.goto(kb_stack.url + path)
+            found = page.evaluate(LAYOUT_CHECK)
+            assert found == {"overflow": 0, "narrow": []}, f"{path} at {width} px: {found}"
+            name = path.strip("/").replace("/", "-").replace("console", "").strip("-") or "queue"
+            page.screenshot(path=str(shots / f"{name}-{width}.png"), full_page=True)
+        page.close()
