@@ -572,3 +572,29 @@ def test_an_agent_marks_a_bot_answer_wrong_and_an_admin_fixes_it_in_one_step(cli
     assert "能开发票吗" in svc.knowledge.get().intent("coupon").examples
     assert svc.redis.hlen(keys.REVIEW) == 0
     assert "能开发票吗" not in client.get("/console/kb").get_data(as_text=True).split('id="review"')[1].split("</table>")[0]
+
+
+def test_admins_see_the_change_before_saving_and_before_rolling_back(client, accounts, kb_copy, svc):
+    login(client, "root", "battery staple")
+    token = csrf(client, "/console/kb/edit/invoice")
+    before = (kb_copy / "aftersale.yaml").read_text()
+    form = {"csrf_token": token, "title": "发票", "examples": "能开发票吗\n发票怎么开", "answer": "电子发票24小时内发到邮箱。",
+            "version": re.search(r'name="version" value="([^"]*)"',
+                                 client.get("/console/kb/edit/invoice").get_data(as_text=True)).group(1)}
+    shown = client.post("/console/kb/edit/invoice", data=dict(form, do="preview")).get_data(as_text=True)
+    added = re.findall(r'<span class="d-add">([^<]*)</span>', shown)
+    removed = re.findall(r'<span class="d-del">([^<]*)</span>', shown)
+    assert any("电子发票24小时内发到邮箱" in a for a in added) and removed and "确认保存" in shown
+    assert (kb_copy / "aftersale.yaml").read_text() == before  # a preview writes nothing
+    bad = client.post("/console/kb/edit/invoice", data=dict(form, title="", do="preview"))
+    assert bad.status_code == 400 and "aftersale.yaml:" in bad.get_data(as_text=True)  # checked as a save is
+    assert client.post("/console/kb/edit/invoice", data=dict(form, do="save")).status_code == 302
+    assert "电子发票24小时内" in (kb_copy / "aftersale.yaml").read_text()
+    history = client.get("/console/kb/history").get_data(as_text=True)
+    version = re.search(r'href="/console/kb/rollback/([0-9-]+)"', history).group(1)
+    page = client.get(f"/console/kb/rollback/{version}").get_data(as_text=True)
+    assert any("电子发票24小时内" in d for d in re.findall(r'<span class="d-del">([^<]*)</span>', page))
+    assert "电子发票24小时内" in (kb_copy / "aftersale.yaml").read_text()  # not rolled back by looking
+    client.post(f"/console/kb/rollback/{version}", data={"csrf_token": token})
+    assert (kb_copy / "aftersale.yaml").read_text() == before
+    assert client.get("/console/kb/rollback/1-1", follow_redirects=True).status_code == 200

@@ -109,13 +109,18 @@ def test_admin_edits_knowledge_and_rolls_back_in_the_browser(kb_stack, browser):
     page.click("#intents tr:has-text('invoice') >> text=编辑")
     page.fill("textarea[name=answer]", "可以开具电子发票，开票后24小时内发送到您的邮箱。")
     page.click("button:has-text('保存')")
+    assert "+" in page.inner_text("#diff .d-add") and "24小时内" in page.inner_text("#diff")  # shown first
+    assert "24小时" not in (kb_stack.tmp / "kb" / "aftersale.yaml").read_text()  # nothing written yet
+    page.click("button:has-text('确认保存')")
     assert "已保存" in page.inner_text(".flash")
     page.wait_for_timeout(1100)  # the web process reloads changed files within a second
     page.fill("input[name=text]", "能开发票吗")
     page.click("button:has-text('测试')")
     assert "24小时内发送到您的邮箱" in page.inner_text("#test-result")
     page.click("text=修改历史")
-    page.click("#history tr:nth-child(1) >> button")
+    page.click("#history tr:nth-child(1) >> a")
+    assert "24小时内" in page.inner_text("#diff .d-del")  # what the rollback takes away, before it does
+    page.click("button:has-text('确认回滚')")
     assert "已回滚" in page.inner_text(".flash")
     assert "24小时" not in (kb_stack.tmp / "kb" / "aftersale.yaml").read_text()
 

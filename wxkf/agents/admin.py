@@ -91,11 +91,21 @@ def kb_edit(intent_id):
             "keywords": "\n".join(intent.keywords) if intent else "",
             "answer": intent.answer if intent else request.args.get("answer", "")}
     form["version"] = editor().version_of(intent_id) if intent_id else "new"
-    problems, status = [], 200
+    problems, status, diff = [], 200, None
     if request.method == "POST":
         form = {k: request.form.get(k, "") for k in ("id", "title", "examples", "keywords", "answer", "version")}
         if intent_id:
             form["id"] = intent_id
+        if request.form.get("do") == "preview":  # show what would change; nothing is written
+            try:
+                name, before, after = editor().preview({
+                    "id": form["id"], "title": form["title"], "examples": _lines("examples"),
+                    "keywords": _lines("keywords"), "answer": form["answer"]})
+                diff = _diff(before, after, name)
+            except KnowledgeError as exc:
+                problems, status = exc.problems, 400
+            return render_template("kb_edit.html", form=form, problems=problems, existing=bool(intent_id),
+                                   diff=diff), status
         try:
             editor().save({"id": form["id"], "title": form["title"], "examples": _lines("examples"),
                            "keywords": _lines("keywords"), "answer": form["answer"]}, who=g.user["name"],
@@ -108,7 +118,19 @@ def kb_edit(intent_id):
             accounts().audit(g.user["name"], "kb_save", form["id"])
             flash(f"已保存「{form['id']}」，1秒内生效。")
             return redirect(url_for("admin.kb_list"))
-    return render_template("kb_edit.html", form=form, problems=problems, existing=bool(intent_id)), status
+    return render_template("kb_edit.html", form=form, problems=problems, existing=bool(intent_id), diff=None), status
+
+
+def _diff(before, after, name):
+    """Unified diff lines as (kind, text), kind one of add, del, hunk, same: for the diff views."""
+    import difflib
+    out = []
+    for line in difflib.unified_diff(before.splitlines(), after.splitlines(), f"{name}（现在）", f"{name}（之后）",
+                                     n=2, lineterm=""):
+        kind = ("hunk" if line.startswith("@@") else "file" if line.startswith(("---", "+++"))
+                else "add" if line.startswith("+") else "del" if line.startswith("-") else "same")
+        out.append((kind, line))
+    return out
 
 
 def _apply(change, action, target, done, **detail):
@@ -133,6 +155,18 @@ def kb_delete(intent_id):
 @bp.get("/history")
 def kb_history():
     return render_template("kb_history.html", versions=editor().history())
+
+
+@bp.get("/rollback/<version>")
+def kb_rollback_preview(version):
+    """What a rollback would change in the file, before the admin confirms it."""
+    try:
+        name, now, after = editor().rollback_preview(version)
+    except KnowledgeError as exc:
+        flash("；".join(exc.problems))
+        return redirect(url_for("admin.kb_history"))
+    return render_template("kb_rollback.html", version=version, name=name, diff=_diff(now, after, name),
+                           removes_file=not after)
 
 
 @bp.post("/rollback/<version>")

@@ -431,6 +431,41 @@ class KnowledgeEditor:
                     raise Conflict(["这条问题在您打开之后被别人改过了：请重新打开，看过最新内容后再改。"])
             return self._save(intent, who)
 
+    def preview(self, intent):
+        """What saving `intent` would write, without writing: (file name, text before, text after).
+        Raises KnowledgeError (file:line problems) as save() would."""
+        path, new_text = self._planned(intent)
+        self._validate_with(path, new_text)
+        return path.name, (_read(path) if path.exists() else ""), new_text
+
+    def rollback_preview(self, version_id):
+        """What rolling back `version_id` would do: (file name, text now, text after the rollback)."""
+        if not re.fullmatch(r"[0-9]{1,20}-[0-9]{1,20}", version_id or ""):
+            raise KnowledgeError([f"no version {version_id!r}"])
+        rows = self.redis.xrange(keys.KB_VERSIONS, version_id, version_id)
+        if not rows:
+            raise KnowledgeError([f"no version {version_id!r}"])
+        f = rows[0][1]
+        path = self.folder / f["file"]
+        return f["file"], (_read(path) if path.exists() else ""), f["before"]
+
+    def _planned(self, intent):
+        """(path, new text) of saving `intent`; raises KnowledgeError for a bad id."""
+        intent = _cleaned(intent)
+        if not ID_RE.fullmatch(intent["id"]):
+            raise KnowledgeError(["id: required, lower-case letters, digits and _"])
+        path = self.source_of(intent["id"])
+        if path:
+            def change(doc):
+                _update(_intents(doc)[_index(doc, intent["id"])], intent)
+        else:
+            path = self.folder / NEW_FILE
+
+            def change(doc):
+                _append(doc, intent, path)
+        text = _read(path) if path.exists() else ""
+        return path, _edited(text if text.strip() else NEW_FILE_TEXT, path, change)
+
     def _save(self, intent, who):
         intent = _cleaned(intent)
         if not ID_RE.fullmatch(intent["id"]):
