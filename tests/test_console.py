@@ -598,3 +598,14 @@ def test_admins_see_the_change_before_saving_and_before_rolling_back(client, acc
     client.post(f"/console/kb/rollback/{version}", data={"csrf_token": token})
     assert (kb_copy / "aftersale.yaml").read_text() == before
     assert client.get("/console/kb/rollback/1-1", follow_redirects=True).status_code == 200
+
+
+def test_a_new_example_another_intent_already_answers_is_pointed_out_before_saving(client, accounts, kb_copy, svc):
+    login(client, "root", "battery staple")
+    token = csrf(client, "/console/kb/new")
+    shown = client.post("/console/kb/new", data={
+        "csrf_token": token, "id": "membership", "title": "会员", "version": "new", "do": "preview",
+        "examples": "怎么办会员\n快递到哪了", "answer": "在「我的-会员」免费开通。"}).get_data(as_text=True)
+    clashes = shown.split('id="clashes"')[1].split("</div>")[0]
+    assert "快递到哪了" in clashes and "物流查询" in clashes  # the logistics intent answers it today
+    assert "怎么办会员" not in clashes

@@ -105,7 +105,7 @@ def kb_edit(intent_id):
             except KnowledgeError as exc:
                 problems, status = exc.problems, 400
             return render_template("kb_edit.html", form=form, problems=problems, existing=bool(intent_id),
-                                   diff=diff), status
+                                   diff=diff, clashes=_clashes(form["id"], _lines("examples"))), status
         try:
             editor().save({"id": form["id"], "title": form["title"], "examples": _lines("examples"),
                            "keywords": _lines("keywords"), "answer": form["answer"]}, who=g.user["name"],
@@ -119,6 +119,20 @@ def kb_edit(intent_id):
             flash(f"已保存「{form['id']}」，1秒内生效。")
             return redirect(url_for("admin.kb_list"))
     return render_template("kb_edit.html", form=form, problems=problems, existing=bool(intent_id), diff=None), status
+
+
+def _clashes(intent_id, examples, limit=20):
+    """Examples the bot, as the knowledge base stands, would take for another intent: where two
+    intents overlap, so the admin sees the conflict before saving. [(example, other intent's title)]."""
+    from ..dialogue.engine import DialogueEngine
+    engine = DialogueEngine(svc().knowledge)
+    titles = {i.id: i.title for i in svc().knowledge.get().intents}
+    out = []
+    for text in examples[:limit]:
+        d = engine.decide(Message(kind="text", text=text), Conversation("console-clash"))
+        if d.source in ("knowledge", "generated") and d.intent and d.intent != intent_id:
+            out.append((text, titles.get(d.intent, d.intent)))
+    return out
 
 
 def _diff(before, after, name):
