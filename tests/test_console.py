@@ -609,3 +609,16 @@ def test_a_new_example_another_intent_already_answers_is_pointed_out_before_savi
     clashes = shown.split('id="clashes"')[1].split("</div>")[0]
     assert "快递到哪了" in clashes and "物流查询" in clashes  # the logistics intent answers it today
     assert "怎么办会员" not in clashes
+
+
+def test_the_customer_panel_says_who_this_is(client, accounts, svc):
+    login(client)
+    h = svc.handoffs
+    h.log("o_panel", "shopper", "你好")
+    h.start("o_panel", "complaint", 3, via="worker")
+    h.log("o_panel", "agent", "您好", agent="alice")
+    h.end("o_panel", "已解决")
+    h.log("o_panel", "shopper", "还有个问题")
+    panel = client.get("/console/c/o_panel").get_data(as_text=True).split('id="customer"')[1].split("</aside>")[0]
+    assert "小程序/公众号" in panel and "顾客消息 2 条" in panel and "转人工 1 次" in panel and "alice" in panel
+    assert re.search(r"首次咨询：\d{4}-\d\d-\d\d \d\d:\d\d", panel)

@@ -194,9 +194,22 @@ def _openid(openid):
 def conversation(openid):
     openid = _openid(openid)
     h = svc().handoffs
-    return render_template("conversation.html", openid=openid, state=h.get(openid), transcript=h.transcript(openid),
+    transcript = h.transcript(openid)
+    return render_template("conversation.html", openid=openid, state=h.get(openid), transcript=transcript,
                            remaining=svc().sender.remaining(openid), reply_id=uuid.uuid4().hex,
-                           channel=svc().channel_of(openid), channel_names=CHANNEL_NAMES)
+                           channel=svc().channel_of(openid), channel_names=CHANNEL_NAMES,
+                           customer=_customer(openid, transcript))
+
+
+def _customer(openid, transcript):
+    """The customer panel: first seen, messages, earlier handoffs and who handled them, the WeCom
+    account (from the last 7 days of transcript, which is what wxkf keeps)."""
+    said = [t for t in transcript if t.get("role") == "shopper"]
+    return {"first": transcript[0]["at"] if transcript else None,
+            "messages": len(said),
+            "handoffs": sum(1 for t in transcript if t.get("role") == "system" and t.get("reason")),
+            "agents": sorted({t["agent"] for t in transcript if t.get("role") == "agent" and t.get("agent")}),
+            "wecom_account": svc().kf.account_of(openid) if svc().kf is not None else None}
 
 
 @bp.get("/api/c/<openid>")
