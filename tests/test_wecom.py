@@ -180,6 +180,9 @@ def test_a_burst_of_50_across_callbacks_with_a_failed_pull_is_answered_once_each
         assert [s["msgid"] for s in sent] == expected, f"{c}: answered out of order, twice or not at all"
     assert r.hlen(keys.KF_WAKE) == 0 and r.hlen(keys.KF_RETRY) == 0
     assert int(r.hget(keys.METRICS, 'wxkf_kf_pulls_total{outcome="failed"}') or 0) == 2
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "wxkf_kf_accounts_waiting 0" in metrics and 'wxkf_kf_pulls_total{outcome="failed"} 2' in metrics
+    assert "wxkf_kf_messages_total 50" in metrics
 
 
 def test_first_start_takes_the_cursor_without_answering_history(svc, client, kb_builder, world, r):

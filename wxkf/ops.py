@@ -55,6 +55,8 @@ def metrics():
             ("wxkf_undelivered", "Replies kept because WeChat refused or could not be reached.",
              svc.redis.xlen(keys.UNDELIVERED)),
             ("wxkf_agent_replies_waiting", "Agents' replies queued for a worker to send.", svc.outbox.waiting()),
+            ("wxkf_kf_accounts_waiting", "WeCom 微信客服 accounts whose messages wait to be pulled "
+             "(a callback came; a pull that keeps failing keeps it here).", svc.redis.hlen(keys.KF_WAKE)),
         ]
         text = svc.metrics.render(gauges)
     except redis.RedisError:
