@@ -622,3 +622,17 @@ def test_the_customer_panel_says_who_this_is(client, accounts, svc):
     panel = client.get("/console/c/o_panel").get_data(as_text=True).split('id="customer"')[1].split("</aside>")[0]
     assert "小程序/公众号" in panel and "顾客消息 2 条" in panel and "转人工 1 次" in panel and "alice" in panel
     assert re.search(r"首次咨询：\d{4}-\d\d-\d\d \d\d:\d\d", panel)
+
+
+def test_console_errors_are_said_in_chinese_without_server_details(client, accounts, svc):
+    login(client)  # an agent
+    forbidden = client.get("/console/kb")
+    assert forbidden.status_code == 403 and "只有管理员能使用知识库页面" in forbidden.get_data(as_text=True)
+    missing = client.get("/console/no-such-page")
+    assert missing.status_code == 404 and "找不到这个页面" in missing.get_data(as_text=True)
+    stale = client.post("/console/c/o_x/note", data={"csrf_token": "wrong", "text": "x"})
+    assert stale.status_code == 400 and "请刷新页面后重试" in stale.get_data(as_text=True)
+    for page in (forbidden, missing, stale):
+        text = _visible_text(page.get_data(as_text=True))
+        assert not re.search(r"[A-Za-z]{4,}", text.replace("wxkf", "").replace("CSRF", "").replace("alice", "")), text
+    assert client.get("/wechat").status_code == 403  # outside the console: plain text as before

@@ -29,12 +29,29 @@ def create_app(config=None, services=None):
 
     @app.errorhandler(Exception)
     def _unexpected(exc):
+        from flask import request
         from werkzeug.exceptions import HTTPException
+        console = request.path.startswith("/console") and not request.path.startswith("/console/api/")
         if isinstance(exc, HTTPException):
             if exc.code < 400:
                 return exc
+            if console:
+                return _console_error(exc.code, exc.description)
             return exc.description or exc.name, exc.code, {"Content-Type": "text/plain; charset=utf-8"}
         app.logger.exception("unhandled error")
+        if console:
+            return _console_error(500, None)
         return "internal error", 500, {"Content-Type": "text/plain"}
 
     return app
+
+
+def _console_error(code, description):
+    """An error page in the console's language: the view's own reason when it gave one in Chinese,
+    else the standard words for the code; never a server path or an English default."""
+    from flask import render_template
+
+    from .agents.wording import HTTP_ERRORS
+    own = description if description and any("\u4e00" <= ch <= "\u9fff" for ch in description) else None
+    message = own or HTTP_ERRORS.get(code, "出错了。")
+    return render_template("error.html", code=code, message=message), code

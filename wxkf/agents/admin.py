@@ -22,7 +22,7 @@ def _admins_only():
     if refused is not None:
         return refused
     if g.user["role"] != "admin":
-        abort(403, "admins only")
+        abort(403, "只有管理员能使用知识库页面。")
     return None
 
 

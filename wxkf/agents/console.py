@@ -54,7 +54,7 @@ def guard():
     if request.method == "POST":
         sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token", "")
         if not session.get("csrf") or not hmac.compare_digest(sent, session["csrf"]):
-            abort(400, "CSRF token missing or wrong")
+            abort(400, "表单已过期或来源不明（CSRF 校验未通过），请刷新页面后重试。")
     if request.endpoint in ("console.login",):
         return None
     if g.user is None:
@@ -236,7 +236,7 @@ def act(openid, action):
         if not text:
             flash("回复内容不能为空。")
         elif len(reply_id) > 64:
-            abort(400, "reply_id too long")
+            abort(400, "回复编号过长。")
         elif not svc().sender.remaining(openid):
             flash("未发送：48小时窗口已关闭或5条额度已用完。")
             h.log(openid, "system", f"客服回复未发送（48小时窗口已关闭或5条额度已用完）：{text}", agent=me)

@@ -26,6 +26,11 @@ SOURCES = {
     "human": "人工接待中",
 }
 
+HTTP_ERRORS = {400: "请求有误。", 401: "请先登录。", 403: "没有权限。", 404: "找不到这个页面。",
+               405: "不支持这种请求方式。", 413: "内容太大。", 429: "请求太频繁，请稍后再试。",
+               500: "服务器出错了，请稍后再试；问题已记录在日志中。"}
+"""What a console page says for an HTTP error, unless the view gave its own (Chinese) reason."""
+
 ACCOUNT_ROLES = {"agent": "客服", "admin": "管理员"}
 
 ALL = {"reasons": REASONS, "statuses": STATUSES, "roles": ROLES, "sources": SOURCES, "account_roles": ACCOUNT_ROLES}
