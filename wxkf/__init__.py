@@ -5,7 +5,7 @@ def create_app(config=None, services=None):
     """The Flask app: webhook, ops endpoints; services built once per process."""
     from flask import Flask
 
-    from . import ops
+    from . import ops, pageapi
     from .agents import console
     from .services import Services
     from .wechat import webhook
@@ -19,6 +19,7 @@ def create_app(config=None, services=None):
     app.register_blueprint(webhook.bp)
     app.register_blueprint(callback.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(pageapi.bp)
     console.init_app(app, svc.config)
     if svc.config.trusted_proxies:
         # Behind nginx every request comes from the proxy: take the client's address from the last

@@ -168,3 +168,13 @@ def kf_recheck(external_userid):
 
 KF_FIRST_WAKE = f"{NS}:kf:first_wake"
 """Hash: open_kfid -> when its first callback came, while no cursor is saved yet (first start)."""
+
+
+def api_session(sid):
+    """A Mini Program page's session: the shopper's openid, until it expires or is refreshed away."""
+    return f"{NS}:apisession:{sid}"
+
+
+def api_login_rate(address, minute):
+    """Code exchanges from one client address in one minute."""
+    return f"{NS}:apilogin:{address[:64]}:{minute}"

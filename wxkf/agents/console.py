@@ -330,9 +330,9 @@ def init_app(app, cfg):
     app.register_blueprint(admin.bp)
 
 
-def _persistent_secret(cfg):
-    """One random key shared by every web process of this installation, kept under var/."""
-    path = cfg.var_path / "console_secret"
+def _persistent_secret(cfg, name="console_secret"):
+    """One random key shared by every web process of this installation, kept under var/ (0600)."""
+    path = cfg.var_path / name
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

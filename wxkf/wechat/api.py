@@ -75,6 +75,18 @@ class WeChatAPI:
         log.info("access token refreshed appid=%s force=%s ttl=%ss", self.appid, force, ttl)
         return token
 
+    def code2session(self, code):
+        """`sns/jscode2session`: the openid behind a `wx.login` code (single-use, 5 minutes). Raises
+        the matching WeChatApiError (40029 invalid code, 40163 code used, 45011 too frequent). The
+        session_key in the answer is dropped here: nothing in wxkf needs it."""
+        data = self._http("GET", "/sns/jscode2session", params={
+            "appid": self.appid, "secret": self._secret, "js_code": code, "grant_type": "authorization_code"})
+        if data.get("errcode"):
+            raise api_error(data["errcode"], data.get("errmsg", ""), "jscode2session")
+        if not data.get("openid"):
+            raise api_error(-1, "no openid in the answer", "jscode2session")
+        return {k: data[k] for k in ("openid", "unionid") if k in data}
+
     def drop(self, token):
         """Forget `token` if it is still the shared one (another process may have replaced it)."""
         self._del_if_equal(keys=[keys.token(self.appid)], args=[token])

@@ -49,6 +49,7 @@ class SandboxState:
             self.delays = {}            # path -> seconds
             self.sends_today = 0
             self.robot = []             # WeCom group-robot notifications
+            self.login_codes = {}       # wx.login code -> {"openid", "used", "expires"}
 
     def now(self):
         return time.time() + self.offset
@@ -272,6 +273,36 @@ def create_sandbox(appid, secret, builder=None, webhook_url=None, wecom=None, **
         if len(media.read()) > 10 * 1024 * 1024:
             return err(40006, "invalid meida size")
         return jsonify(type="image", media_id="MEDIA_" + secrets.token_hex(16), created_at=int(state.now()))
+
+    @app.get("/sns/jscode2session")
+    def jscode2session():
+        """wx.login's code for an openid: single-use, 5 minutes (40029 unknown or expired, 40163 used)."""
+        a = request.args
+        if a.get("appid") != state.appid:
+            return err(40013, "invalid appid")
+        if a.get("secret") != state.secret:
+            return err(40125, "invalid appsecret")
+        if a.get("grant_type") != "authorization_code":
+            return err(40002, "invalid grant_type")
+        with state.lock:
+            found = state.login_codes.get(a.get("js_code", ""))
+            if found is None or found["expires"] <= state.now():
+                return err(40029, "invalid code")
+            if found["used"]:
+                return err(40163, "code been used")
+            found["used"] = True
+            state.calls.append((request.path, 0))
+        return jsonify(openid=found["openid"], session_key=secrets.token_urlsafe(16))
+
+    @app.post("/sandbox/login")
+    def sandbox_login():
+        """Play wx.login on a shopper's phone: {"openid"} -> {"code"} for the page to send to wxkf."""
+        data = request.get_json(force=True, silent=True) or {}
+        code = "CODE_" + secrets.token_urlsafe(16)
+        with state.lock:
+            state.login_codes[code] = {"openid": data.get("openid", "o_sandbox_shopper"), "used": False,
+                                       "expires": state.now() + 300}
+        return jsonify(code=code)
 
     @app.post("/cgi-bin/webhook/send")
     def robot():
