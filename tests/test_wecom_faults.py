@@ -13,7 +13,7 @@ from wxkf.errors import api_error
 from wxkf.wecom.sandbox import ACCOUNT, SERVICER
 
 from conftest import start_worker
-from test_wecom import callback, replies_for, run_until_quiet
+from test_wecom import QUESTIONS, callback, replies_for, run_until_quiet
 from test_worker import push as mp_push
 
 
@@ -305,3 +305,74 @@ def test_sandbox_send_msg_refuses_a_msgid_outside_ascii(svc, world):
         svc.kf.api.call("/cgi-bin/kf/send_msg", {"touser": "wmX", "open_kfid": ACCOUNT, "msgid": "中文",
                                                  "msgtype": "text", "text": {"content": "x"}})
     assert err.value.errcode == 40058
+
+
+# Found by a second review, after the first one's fixes ---------------------------------------
+def test_first_start_interrupted_after_one_page_still_does_not_answer_history(svc, client, kb_builder, world, r,
+                                                                              monkeypatch):
+    """Module doc: on first start messages older than HISTORY_GRACE are not answered. The horizon
+    exists only while there is no cursor; the first page saves one, so a first pull that fails (or
+    whose worker dies) after page 1 answers the rest of 3 days of history on the retry."""
+    day_old = time.time() - 86400
+    for q in QUESTIONS[:4]:
+        world.customer_message("wmOldHistory", q, at=day_old)  # a day before wxkf was installed
+    svc.kf.page_limit = 1  # stands for an account with > 1000 messages in its last 3 days
+    worker = start_worker(svc)
+    real = svc.kf.api.call
+    syncs = []
+
+    def call(path, body=None, **kw):
+        if path.endswith("sync_msg"):
+            syncs.append(1)
+            if len(syncs) == 2:
+                raise api_error(-1, "system busy", path)  # page 2 of the first pull: WeCom busy
+        return real(path, body, **kw)
+
+    monkeypatch.setattr(svc.kf.api, "call", call)
+    callback(client, kb_builder, world)
+    t = [time.time()]
+    svc.kf.clock = lambda: t[0]
+    for _ in range(6):
+        worker.run_once(block_ms=50)
+        t[0] += 5  # past the 1 s backoff
+    run_until_quiet(worker)
+    assert r.hlen(keys.KF_WAKE) == 0
+    assert replies_for(world, "wmOldHistory") == [], \
+        f"day-old history answered after an interrupted first pull: {replies_for(world, 'wmOldHistory')}"
+
+
+def test_after_a_failed_transfer_the_bot_does_not_talk_over_the_console_agent(svc, client, kb_builder, world, r):
+    """kf_handoff = servicer, the servicer is off duty: service_state/trans answers 95014, the
+    transcript tells agents to take the conversation in the console, the handoff is held. The
+    customer's next question is then answered by the bot anyway (WeCom's state is still 1)."""
+    svc.kf.cfg = dataclasses.replace(svc.config, kf_handoff="servicer", kf_servicer=SERVICER)
+    world.servicers[SERVICER] = 1  # 停止接待
+    worker = start_worker(svc)
+    uid = "wmTransFailed"
+    world.customer_message(uid, "我要投诉你们")
+    callback(client, kb_builder, world)
+    run_until_quiet(worker)
+    assert ("/cgi-bin/kf/service_state/trans", 95014) in world.calls
+    assert svc.handoffs.held(uid)
+    assert any("请在控制台接待" in t["text"] for t in svc.handoffs.transcript(uid))
+    promised = replies_for(world, uid)
+    world.customer_message(uid, "能开发票吗")  # while an agent opens the conversation in the console
+    callback(client, kb_builder, world)
+    run_until_quiet(worker)
+    assert replies_for(world, uid) == promised, \
+        f"the bot answered a conversation held for a console agent: {replies_for(world, uid)[len(promised):]}"
+
+
+def test_escalation_whose_promise_send_fails_still_moves_the_session(svc, client, kb_builder, world, r):
+    """The escalation reply's kf/send_msg fails (WeCom busy, -1, all attempts): the WeChatError leaves
+    _escalated_wecom before service_state/trans, the message is acknowledged as send_failed, and the
+    session never reaches WeCom's pool: the customer asked for a human and no WeCom servicer sees it."""
+    worker = start_worker(svc)
+    uid = "wmPromiseFailed"
+    world.failures.append({"path": "/cgi-bin/kf/send_msg", "errcode": -1, "count": 3})  # SEND_ATTEMPTS
+    world.customer_message(uid, "转人工")
+    callback(client, kb_builder, world)
+    run_until_quiet(worker)
+    assert svc.handoffs.held(uid)
+    assert world.sessions[(ACCOUNT, uid)]["state"] == 2, (
+        f"escalated, but service_state/trans never called: calls {[c for c in world.calls if 'kf/' in c[0]]}")

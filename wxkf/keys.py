@@ -166,6 +166,10 @@ def kf_recheck(external_userid):
     return f"{NS}:kf:recheck:{external_userid}"
 
 
+KF_HORIZON = f"{NS}:kf:horizon"
+"""Hash: open_kfid -> the time before which pulled messages are history (first start), kept until a
+pull of that account reaches the end."""
+
 KF_FIRST_WAKE = f"{NS}:kf:first_wake"
 """Hash: open_kfid -> when its first callback came, while no cursor is saved yet (first start)."""
 

@@ -303,10 +303,14 @@ class KfChannel:
         """Read pages until has_more is 0 (True) or the page budget is used (False)."""
         cursor_key = keys.kf_cursor(open_kfid)
         cursor = self.redis.get(cursor_key)
-        horizon = None
-        if cursor is None:  # first start: what came well before the first callback is history
+        # First start: what came well before the first callback is history. The cut-off is kept until
+        # a pull reaches the end, so a first pull interrupted after some pages answers no history later.
+        kept = self.redis.hget(keys.KF_HORIZON, open_kfid)
+        horizon = float(kept) if kept else None
+        if cursor is None and horizon is None:
             first = self.redis.hget(keys.KF_FIRST_WAKE, open_kfid)
             horizon = (int(first) if first and first.isdigit() else self.clock()) - self.history_grace
+            self.redis.hset(keys.KF_HORIZON, open_kfid, horizon)
         queued = skipped = 0
         done = False
         for _ in range(MAX_PAGES):
@@ -348,6 +352,8 @@ class KfChannel:
                 raise _LockLost()
             if not more:
                 done = True
+                if horizon is not None:
+                    self.redis.hdel(keys.KF_HORIZON, open_kfid)  # caught up: everything after is new
                 break
             if not nxt or nxt == cursor:
                 raise WeChatApiError(-1, "has_more without a new cursor", SYNC)  # retried later, never spun
