@@ -18,7 +18,7 @@ import redis as redis_lib
 from . import defaults, keys
 from .agents.handoff import start_lua
 from .errors import BadSignature
-from .store import ensure_group
+from .store import DELETE_IF_EQUAL, RENEW_IF_OWNER, ensure_group
 
 
 class Replayed(BadSignature):
@@ -50,19 +50,6 @@ redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
 return {'', held, 0}
 """
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class HotScript:
@@ -112,8 +99,8 @@ class Inbox:
         self.dedup_ttl = dedup_ttl
         self.maxlen = maxlen
         self._enqueue = HotScript(redis, _ENQUEUE)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(RENEW_IF_OWNER)
+        self._release = redis.register_script(DELETE_IF_EQUAL)
 
     # -- webhook side -------------------------------------------------------------------------
     def enqueue(self, inbound, escalation=None, hold_seconds=1800, signed=None):

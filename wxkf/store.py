@@ -20,6 +20,19 @@ def connect(url):
                                 socket_connect_timeout=2.0, health_check_interval=30)
 
 
+RENEW_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+"""Lua: extend a lock (KEYS[1]) by ARGV[2] ms only while ARGV[1] still holds it."""
+
+DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+"""Lua: delete KEYS[1] only if it still holds ARGV[1] (release a lock, drop a token we read)."""
+
+
 def ensure_group(r, stream, group):
     """Create a stream's consumer group reading from the start (and the stream); one that exists
     already is left as it is."""

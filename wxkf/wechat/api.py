@@ -14,16 +14,16 @@ import requests
 
 from .. import defaults, keys
 from ..errors import TokenInvalid, WeChatTimeout, WeChatUnreachable, api_error
+from ..store import DELETE_IF_EQUAL
 
 log = logging.getLogger("wxkf.api")
 
-_DEL_IF_EQUAL = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class WeChatAPI:
+    TOKEN_API = "stable_token"
+    """The API that issues tokens, for error messages; subclasses change `_request_token` and this."""
+
     def __init__(self, redis, api_base, appid, secret, metrics=None, http=None,
                  timeout=defaults.HTTP_TIMEOUT):
         self.redis = redis
@@ -33,7 +33,7 @@ class WeChatAPI:
         self.metrics = metrics
         self.http = http or requests.Session()
         self.timeout = timeout
-        self._del_if_equal = redis.register_script(_DEL_IF_EQUAL)
+        self._del_if_equal = redis.register_script(DELETE_IF_EQUAL)
 
     # -- tokens ---------------------------------------------------------------------------------
     def token(self):
@@ -61,12 +61,10 @@ class WeChatAPI:
             time.sleep(0.05)
 
     def _fetch(self, force):
-        """POST cgi-bin/stable_token (protocol ref. 4): ≤7200 s lifetime; force_refresh ≤20/day, ≥30 s apart."""
-        body = {"grant_type": "client_credential", "appid": self.appid, "secret": self._secret,
-                "force_refresh": bool(force)}
-        data = self._http("POST", "/cgi-bin/stable_token", json_body=body)
+        """Fetch a token from WeChat and share it in Redis until shortly before it expires."""
+        data = self._request_token(force)
         if data.get("errcode"):
-            raise api_error(data["errcode"], data.get("errmsg", ""), "stable_token")
+            raise api_error(data["errcode"], data.get("errmsg", ""), self.TOKEN_API)
         token, expires_in = data["access_token"], int(data.get("expires_in", 7200))
         ttl = max(30, expires_in - defaults.TOKEN_MARGIN)
         self.redis.set(keys.token(self.appid), token, ex=ttl)
@@ -74,6 +72,12 @@ class WeChatAPI:
             self.metrics.inc("wxkf_token_refreshes_total")
         log.info("access token refreshed appid=%s force=%s ttl=%ss", self.appid, force, ttl)
         return token
+
+    def _request_token(self, force):
+        """POST cgi-bin/stable_token (protocol ref. 4): ≤7200 s lifetime; force_refresh ≤20/day, ≥30 s apart."""
+        body = {"grant_type": "client_credential", "appid": self.appid, "secret": self._secret,
+                "force_refresh": bool(force)}
+        return self._http("POST", "/cgi-bin/stable_token", json_body=body)
 
     def code2session(self, code):
         """`sns/jscode2session`: the openid behind a `wx.login` code (single-use, 5 minutes). Raises

@@ -29,6 +29,7 @@ import redis as redis_lib
 
 from .. import defaults, keys
 from ..errors import WeChatApiError, WeChatError, WeChatTimeout
+from ..store import DELETE_IF_EQUAL, RENEW_IF_OWNER
 from ..wechat.sender import Sender
 from .api import WeComAPI
 
@@ -101,15 +102,6 @@ redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3])
 return 1
 """
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def msgid_for(key):
@@ -226,8 +218,8 @@ class KfChannel:
         self.api = WeComAPI(redis, cfg.wecom_api_base, cfg.corpid, cfg.kf_secret, metrics=metrics)
         self.sender = KfSender(redis, self.api, metrics)
         self._finish = redis.register_script(_FINISH)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(RENEW_IF_OWNER)
+        self._release = redis.register_script(DELETE_IF_EQUAL)
         self._wake = redis.register_script(_WAKE)
 
     # -- the webhook's side ---------------------------------------------------------------------
