@@ -440,12 +440,7 @@ class KnowledgeEditor:
 
     def rollback_preview(self, version_id):
         """What rolling back `version_id` would do: (file name, text now, text after the rollback)."""
-        if not re.fullmatch(r"[0-9]{1,20}-[0-9]{1,20}", version_id or ""):
-            raise KnowledgeError([f"no version {version_id!r}"])
-        rows = self.redis.xrange(keys.KB_VERSIONS, version_id, version_id)
-        if not rows:
-            raise KnowledgeError([f"no version {version_id!r}"])
-        f = rows[0][1]
+        f = self._version(version_id)
         path = self.folder / f["file"]
         return f["file"], (_read(path) if path.exists() else ""), f["before"]
 
@@ -467,23 +462,9 @@ class KnowledgeEditor:
         return path, _edited(text if text.strip() else NEW_FILE_TEXT, path, change)
 
     def _save(self, intent, who):
-        intent = _cleaned(intent)
-        if not ID_RE.fullmatch(intent["id"]):
-            raise KnowledgeError(["id: required, lower-case letters, digits and _"])
-        path = self.source_of(intent["id"])
-        if path:
-            def change(doc):
-                _update(_intents(doc)[_index(doc, intent["id"])], intent)
-            action = "edit"
-        else:
-            path = self.folder / NEW_FILE
-
-            def change(doc):
-                _append(doc, intent, path)
-            action = "add"
-        text = _read(path) if path.exists() else ""
-        return self._write(path, _edited(text if text.strip() else NEW_FILE_TEXT, path, change), who, action,
-                           intent["id"])
+        path, new_text = self._planned(intent)
+        intent_id = _cleaned(intent)["id"]
+        return self._write(path, new_text, who, "edit" if self.source_of(intent_id) else "add", intent_id)
 
     def delete(self, intent_id, who):
         with self._locked():
@@ -516,13 +497,18 @@ class KnowledgeEditor:
 
     def rollback(self, version_id, who):
         """Put the file back as it was before `version_id` (validated; itself a new version)."""
+        f = self._version(version_id)
+        with self._locked():
+            return self._rollback(f, who)
+
+    def _version(self, version_id):
+        """One recorded knowledge edit (file, before, after, who, action, intent, at)."""
         if not re.fullmatch(r"[0-9]{1,20}-[0-9]{1,20}", version_id or ""):
             raise KnowledgeError([f"no version {version_id!r}"])
         rows = self.redis.xrange(keys.KB_VERSIONS, version_id, version_id)
         if not rows:
             raise KnowledgeError([f"no version {version_id!r}"])
-        with self._locked():
-            return self._rollback(rows[0][1], who)
+        return rows[0][1]
 
     def _rollback(self, f, who):
         path = self.folder / f["file"]
