@@ -92,11 +92,16 @@ class SandboxState:
             self.stable = None
 
     def take_failure(self, path):
-        for f in self.failures:
-            if f["path"] == path and f["count"] > 0:
-                f["count"] -= 1
-                return f["errcode"]
-        return None
+        return take_failure(self.failures, path)
+
+
+def take_failure(failures, path):
+    """The errcode of the next failure injected for `path` (counted down), or None."""
+    for f in failures:
+        if f["path"] == path and f["count"] > 0:
+            f["count"] -= 1
+            return f["errcode"]
+    return None
 
 
 def create_sandbox(appid, secret, builder=None, webhook_url=None, wecom=None, **kwargs):

@@ -25,6 +25,7 @@ import time
 from flask import jsonify, request
 
 from .. import defaults
+from ..wechat.sandbox import take_failure
 
 THREE_DAYS = 3 * 86400
 SESSION_SECONDS = 48 * 3600
@@ -154,11 +155,7 @@ class KfWorld:
         return 0, "ok"
 
     def take_failure(self, path):
-        for f in self.failures:
-            if f["path"] == path and f["count"] > 0:
-                f["count"] -= 1
-                return f["errcode"]
-        return None
+        return take_failure(self.failures, path)
 
 
 def register(app, world, fire_callback):
