@@ -18,7 +18,7 @@ from wxkf.wecom.kf import msgid_for
 from wxkf.wecom.sandbox import ACCOUNT, SERVICER
 from wxkf.wecom.simulate import KfCallbackBuilder
 
-from conftest import start_worker
+from conftest import start_worker, wait_for
 
 QUESTIONS = ["能开发票吗", "有优惠券吗", "我170穿什么码", "这个还有货吗", "快递到哪了", "怎么改收货地址",
              "能寄到国外吗", "想换个颜色", "怎么取消订单", "发票怎么开"]
@@ -223,7 +223,7 @@ def test_a_lost_cursor_or_a_second_pull_queues_nothing_twice(svc, client, kb_bui
 def test_two_workers_pulling_the_same_account_at_once_queue_each_message_once(svc, world, r, redis_url):
     from wxkf.store import connect
     ids = [world.customer_message(f"wmPair{i % 4}", QUESTIONS[i % len(QUESTIONS)]) for i in range(24)]
-    world.delays["/cgi-bin/kf/sync_msg"] = 0.2  # both pulls overlap
+    world.delays["/cgi-bin/kf/sync_msg"] = 0.2  # a pull of 5 pages takes over a second
     svc.kf.wake(ACCOUNT, "ENCpair")
     other = Services(svc.config, redis=connect(redis_url))
     for channel in (svc.kf, other.kf):
@@ -231,11 +231,12 @@ def test_two_workers_pulling_the_same_account_at_once_queue_each_message_once(sv
     results = {}
     threads = [threading.Thread(target=lambda name, ch: results.__setitem__(name, ch.pull(ACCOUNT, name)),
                                 args=(name, ch)) for name, ch in (("a", svc.kf), ("b", other.kf))]
-    for t in threads:
-        t.start()
+    threads[0].start()
+    assert wait_for(lambda: r.exists(keys.kf_pull_lock(ACCOUNT)), interval=0.005)  # "a" is pulling (≥ 1 s)
+    threads[1].start()  # "b" comes for the same account meanwhile
     for t in threads:
         t.join()
-    assert sorted(results.values()) == [0, 24]  # one pulled, the other saw the lock
+    assert results == {"a": 24, "b": 0}  # one pulled, the other saw the lock
     assert world.calls.count(("/cgi-bin/kf/sync_msg", 0)) == 5  # 24 messages, pages of 5, read once
     queued = sum(r.xlen(keys.inbox(s)) for s in range(svc.config.inbox_shards))
     assert queued == len(ids)
@@ -266,9 +267,10 @@ def test_a_callback_during_a_pull_is_not_lost(svc, world, r):
 def test_a_dead_pullers_account_is_pulled_once_its_lock_expires(svc, world, r):
     world.customer_message("wmDead", QUESTIONS[0])
     svc.kf.wake(ACCOUNT, "ENCdead")
-    r.set(keys.kf_pull_lock(ACCOUNT), "dead-worker", px=300)  # it died holding the lock
+    r.set(keys.kf_pull_lock(ACCOUNT), "dead-worker", px=60_000)  # it died holding the lock
     assert svc.kf.pull_due("alive") == 0
-    time.sleep(0.4)
+    r.pexpire(keys.kf_pull_lock(ACCOUNT), 1)  # its lock runs out (no timing race on a loaded machine)
+    assert wait_for(lambda: not r.exists(keys.kf_pull_lock(ACCOUNT)))
     assert svc.kf.pull_due("alive") == 1
     assert r.hlen(keys.KF_WAKE) == 0
 
