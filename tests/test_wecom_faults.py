@@ -364,9 +364,9 @@ def test_after_a_failed_transfer_the_bot_does_not_talk_over_the_console_agent(sv
 
 
 def test_escalation_whose_promise_send_fails_still_moves_the_session(svc, client, kb_builder, world, r):
-    """The escalation reply's kf/send_msg fails (WeCom busy, -1, all attempts): the WeChatError leaves
-    _escalated_wecom before service_state/trans, the message is acknowledged as send_failed, and the
-    session never reaches WeCom's pool: the customer asked for a human and no WeCom servicer sees it."""
+    """The escalation reply's kf/send_msg fails (WeCom busy, -1, all attempts). The session must still
+    reach WeCom's pool: before the fix the error skipped service_state/trans, and the customer who
+    asked for a human was seen by no WeCom servicer."""
     worker = start_worker(svc)
     uid = "wmPromiseFailed"
     world.failures.append({"path": "/cgi-bin/kf/send_msg", "errcode": -1, "count": 3})  # SEND_ATTEMPTS

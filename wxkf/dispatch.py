@@ -71,7 +71,7 @@ class Dispatcher:
         # A human has this conversation. WeCom's session state, per account, was checked above
         # (`kf.handle`); the queue-time `held` is not used for WeCom: a pulled message is queued before
         # the events of its page (a session ended) are handled.
-        if (handoffs.held(openid) and (not wecom or self._console_desk(openid))) \
+        if (handoffs.held(openid) and (not wecom or self.svc.kf.console_desk(openid))) \
                 or (inbound.get("held") and not wecom):
             return Decision(Action.SILENT, source="human")
         if (message.kind == "text" and time.time() - inbound["create_time"] < defaults.TYPING_WINDOW
@@ -115,18 +115,13 @@ class Dispatcher:
         openid = inbound["openid"]
         kb = self.responder.store.get()  # the store the engine answers from
         if inbound.get("channel") == "wecom":
-            self._escalated_wecom(inbound, kb)
+            self.svc.kf.escalate(inbound, kb.escalation_reply)
         else:
             self.sender.deliver(inbound["id"], openid, [kb.escalation_reply])
             self.svc.handoffs.log(openid, "bot", kb.escalation_reply, once=inbound["id"], source="escalate")
         notify_robot(self.cfg.robot_webhook, openid, decision.reason, Message.from_inbound(inbound).text)
         return Decision(Action.ESCALATE, kb.escalation_reply, source="escalate", reason=decision.reason,
                         priority=decision.priority)
-
-    def _console_desk(self, openid):
-        """Whether the wxkf console's agents, not WeCom's servicers, have this WeCom conversation:
-        configured so, or because handing it to WeCom failed."""
-        return self.cfg.kf_handoff == "console" or self.redis.hget(keys.handoff(openid), "desk") == "console"
 
     def _unfinished_escalation(self, push_id):
         """The recorded escalation of a WeCom message whose transfer did not finish (the worker died or
@@ -136,42 +131,6 @@ class Dispatcher:
             return None
         decision = Decision.from_record(json.loads(recorded[0]))
         return decision if decision.action == Action.ESCALATE else None
-
-    def _escalated_wecom(self, inbound, kb):
-        """WeCom: the promise first (the API may send only while the session is the bot's), then the
-        session moves to WeCom's pool or a servicer (`kf_handoff`), said in the transcript. Marked done
-        only at the end, so a redelivered message finishes what an interrupted one started."""
-        openid, kfid, kf = inbound["openid"], inbound["to"], self.svc.kf
-        where = None
-        try:
-            kf.sender.deliver(inbound["id"], openid, [kb.escalation_reply])
-            self.svc.handoffs.log(openid, "bot", kb.escalation_reply, once=inbound["id"], source="escalate")
-        except SessionNotOurs:
-            kf.session_lost(openid, kfid)  # a human has it already
-        except WeChatError as exc:  # the promise is kept as undelivered; the human must still come
-            log.error("escalation reply to %s not sent (%s); transferring anyway", openid, exc)
-            self.svc.handoffs.log(openid, "system", "转人工提示未能发给顾客（已记入未送达）",
-                                  once=inbound["id"] + ":promise")
-            where = self._transfer(kf, openid, kfid)
-        else:
-            where = self._transfer(kf, openid, kfid)
-        if where:
-            self.svc.handoffs.log(openid, "system", where, once=inbound["id"] + ":transfer")
-        pipe = self.redis.pipeline()
-        pipe.hset(keys.sent(inbound["id"]), "transferred", 1)
-        pipe.expire(keys.sent(inbound["id"]), defaults.IDEMPOTENCY_TTL)
-        pipe.execute()
-
-    def _transfer(self, kf, openid, kfid):
-        """Move the session to WeCom's humans; when WeCom refuses, the wxkf console's agents take it
-        (the handoff is marked so, and the bot stays silent as in console mode)."""
-        try:
-            return kf.transfer(openid, kfid)
-        except WeChatError as exc:
-            log.error("WeCom transfer of %s failed: %s; the console's agents take it", openid, exc)
-            if self.svc.handoffs.held(openid):  # never a handoff hash without its lifetime
-                self.redis.hset(keys.handoff(openid), "desk", "console")
-            return f"转入企业微信客服失败（{exc.errcode if exc.errcode is not None else '网络'}），请在控制台接待"
 
     def handle(self, shard, entry_id, inbound):
         """Process one entry and acknowledge it; a RedisError leaves it unacknowledged (read again)."""

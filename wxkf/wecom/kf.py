@@ -28,7 +28,7 @@ import time
 import redis as redis_lib
 
 from .. import defaults, keys
-from ..errors import WeChatApiError, WeChatError, WeChatTimeout
+from ..errors import SessionNotOurs, WeChatApiError, WeChatError, WeChatTimeout
 from ..store import DELETE_IF_EQUAL, RENEW_IF_OWNER
 from ..wechat.sender import Sender
 from .api import WeComAPI
@@ -434,6 +434,47 @@ class KfChannel:
         self.set_state(uid, body["service_state"], body.get("servicer_userid", ""), kfid)
         return ("已转入企业微信客服的待接入池" if mode == "pool"
                 else f"已转给企业微信客服 {self.cfg.kf_servicer}")
+
+    def escalate(self, inbound, promise):
+        """Escalation of a WeCom conversation: the promise first (the API may send only while the
+        session is the bot's), then the session moves to WeCom's pool or a servicer (`kf_handoff`),
+        said in the transcript. Marked done only at the end, so a redelivered message finishes what an
+        interrupted one started (the dispatcher's `_unfinished_escalation`)."""
+        uid, kfid, push_id = inbound["openid"], inbound["to"], inbound["id"]
+        where = None
+        try:
+            self.sender.deliver(push_id, uid, [promise])
+            self.handoffs.log(uid, "bot", promise, once=push_id, source="escalate")
+        except SessionNotOurs:
+            self.session_lost(uid, kfid)  # a human has it already
+        except WeChatError as exc:  # the promise is kept as undelivered; the human must still come
+            log.error("escalation reply to %s not sent (%s); transferring anyway", uid, exc)
+            self.handoffs.log(uid, "system", "转人工提示未能发给顾客（已记入未送达）", once=push_id + ":promise")
+            where = self._transfer_or_console(uid, kfid)
+        else:
+            where = self._transfer_or_console(uid, kfid)
+        if where:
+            self.handoffs.log(uid, "system", where, once=push_id + ":transfer")
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.sent(push_id), "transferred", 1)
+        pipe.expire(keys.sent(push_id), defaults.IDEMPOTENCY_TTL)
+        pipe.execute()
+
+    def _transfer_or_console(self, uid, kfid):
+        """Move the session to WeCom's humans; when WeCom refuses, the wxkf console's agents take it
+        (the handoff is marked so, and the bot stays silent as in console mode)."""
+        try:
+            return self.transfer(uid, kfid)
+        except WeChatError as exc:
+            log.error("WeCom transfer of %s failed: %s; the console's agents take it", uid, exc)
+            if self.handoffs.held(uid):  # never a handoff hash without its lifetime
+                self.redis.hset(keys.handoff(uid), "desk", "console")
+            return f"转入企业微信客服失败（{exc.errcode if exc.errcode is not None else '网络'}），请在控制台接待"
+
+    def console_desk(self, uid):
+        """Whether the wxkf console's agents, not WeCom's servicers, have this conversation:
+        configured so, or because handing it to WeCom failed."""
+        return self.cfg.kf_handoff == "console" or self.redis.hget(keys.handoff(uid), "desk") == "console"
 
     def _human_has_it(self, uid, kfid):
         """Whether WeCom's queue or a servicer holds the session, by what we last heard; asked again
