@@ -91,6 +91,7 @@ serve() {
     "$wxkf" sandbox & PIDS+=($!)
   fi
   "$wxkf" serve & PIDS+=($!)
+  "$wxkf" live & PIDS+=($!)
   "$wxkf" worker & PIDS+=($!)
   say "webhook:  http://$bind/wechat     health: http://$bind/healthz   metrics: http://$bind/metrics"
   say "console:  http://$bind/console/   (accounts: .venv/bin/wxkf user add NAME --role agent|admin)"

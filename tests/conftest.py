@@ -157,6 +157,9 @@ class Stack:
                         WXKF_GENERATION=os.environ.get("WXKF_TEST_GENERATION", "false"),
                         WXKF_MODEL_SCORING=os.environ.get("WXKF_TEST_MODEL_SCORING", "false"),
                         WXKF_PLAINTEXT_PUSHES="true")
+        self.live_port = free_port()  # where console pages look for `wxkf live` (start_live)
+        self.env["WXKF_LIVE_BIND"] = f"127.0.0.1:{self.live_port}"
+        self.live_url = f"http://127.0.0.1:{self.live_port}"
         self.tmp = tmp_path
         self.procs = []
         self.web = self._spawn("serve", [str(BIN / "wxkf"), "serve"])
@@ -181,6 +184,20 @@ class Stack:
 
     def start_worker(self, name="worker"):
         return self._spawn(name, [str(BIN / "wxkf"), "worker"])
+
+    def start_live(self):
+        """`wxkf live` (thread workers for the requests that wait), as run.sh starts it."""
+        proc = self._spawn("live", [str(BIN / "wxkf"), "live"])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(self.live_url + "/healthz", timeout=5).status_code in (200, 503):
+                    return proc
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("wxkf live did not start: " + (self.tmp / "live.log").read_text()[-2000:])
+            time.sleep(0.1)
 
     def wait_healthy(self, timeout=30):
         deadline = time.monotonic() + timeout

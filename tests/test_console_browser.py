@@ -40,6 +40,7 @@ def push(stack, builder, sandbox, openid, text):
 
 
 def test_agent_handles_an_escalation_in_the_browser(stack, builder, sandbox, browser, r):
+    stack.start_live()
     stack.start_worker()
     stack.wait_healthy()
     add_user(stack, "alice", "agent", "correct horse")
@@ -55,10 +56,13 @@ def test_agent_handles_an_escalation_in_the_browser(stack, builder, sandbox, bro
     page.click("button[type=submit]")
     page.wait_for_url(stack.url + "/console/")
     assert "暂无待处理会话" in page.inner_text("#queue")
+    page.wait_for_function("window.wxkfLiveState && window.wxkfLiveState.open", timeout=10_000)  # `wxkf live`
 
-    # An escalation arrives while the queue page is open: it appears without a reload.
+    # An escalation arrives while the queue page is open: it appears without a reload, brought by a
+    # notice from the live process (polling slows to every 30 s while the stream is open).
     assert push(stack, builder, sandbox, "o_browser", "我要投诉<script>alert(1)</script>").status_code == 200
     page.wait_for_selector("#queue a:has-text('o_browser')", timeout=10_000)
+    assert page.evaluate("window.wxkfLiveState.notices") >= 1
     assert page.inner_text("#queue tr td:nth-child(2)") == "投诉"  # the reason, in Chinese
 
     page.click("#queue a:has-text('o_browser')")
@@ -86,6 +90,22 @@ def test_agent_handles_an_escalation_in_the_browser(stack, builder, sandbox, bro
     assert "会话已解决" in page.inner_text("body")
     page.goto(stack.url + "/console/")
     assert "o_browser" not in page.inner_text("#queue")
+
+
+def test_the_queue_polls_when_the_live_process_is_down(stack, builder, sandbox, browser):
+    """No `wxkf live` running: the stream cannot open, and the page falls back to polling."""
+    stack.start_worker()
+    stack.wait_healthy()
+    add_user(stack, "bob", "agent", "correct horse")
+    page = browser.new_page()
+    page.goto(stack.url + "/console/login")
+    page.fill("input[name=name]", "bob")
+    page.fill("input[name=password]", "correct horse")
+    page.click("button[type=submit]")
+    page.wait_for_url(stack.url + "/console/")
+    assert push(stack, builder, sandbox, "o_polled", "转人工").status_code == 200
+    page.wait_for_selector("#queue a:has-text('o_polled')", timeout=15_000)
+    assert page.evaluate("[window.wxkfLiveState.open, window.wxkfLiveState.notices]") == [False, 0]
 
 
 @pytest.fixture

@@ -31,19 +31,32 @@ def test_errors_name_file_and_line(tmp_path):
     with pytest.raises(KnowledgeError) as info:
         load(tmp_path)
     problems = "\n".join(info.value.problems)
-    assert f"{tmp_path / 'a.yaml'}:6: 'id' is required and must match" in problems
-    assert f"{tmp_path / 'a.yaml'}:10: 'answer' is required" in problems
-    assert f"{tmp_path / 'b.yaml'}:2: duplicate intent id 'ok_one' (first defined at {tmp_path / 'a.yaml'}:2)" in problems
+    assert f"{tmp_path / 'a.yaml'}:6: 缺少「id」或格式不对" in problems
+    assert f"{tmp_path / 'a.yaml'}:10: 缺少「answer」" in problems
+    assert f"{tmp_path / 'b.yaml'}:2: 问题 id「ok_one」重复（第一次出现在 {tmp_path / 'a.yaml'}:2）" in problems
 
 
 def test_yaml_syntax_error_has_a_line(tmp_path):
     (tmp_path / "a.yaml").write_text("intents:\n  - id: x\n    title: [oops\n")
-    with pytest.raises(KnowledgeError, match=r"a\.yaml:\d+: YAML syntax error"):
+    with pytest.raises(KnowledgeError, match=r"a\.yaml:\d+: YAML 格式错误：方括号 \[ \] 没有配对"):
         load(tmp_path)
 
 
+@pytest.mark.parametrize("text, says", [
+    ("intents:\n  - id: x\n    title: 价格: 10元\n", "文字里有冒号时请给整句加引号"),
+    ("intents:\n\t- id: x\n", "请用空格缩进"),
+    ("intents:\n  - id: x\n   title: a\n", "缩进不齐"),
+    ('intents:\n  - id: "x\n', "引号没有配对"),
+])
+def test_yaml_mistakes_admins_make_are_explained_in_chinese(tmp_path, text, says):
+    (tmp_path / "a.yaml").write_text(text)
+    with pytest.raises(KnowledgeError) as info:
+        load(tmp_path)
+    assert says in info.value.problems[0]
+
+
 def test_empty_folder_is_an_error(tmp_path):
-    with pytest.raises(KnowledgeError, match="no \\*.yaml"):
+    with pytest.raises(KnowledgeError, match=r"没有 \*\.yaml 文件"):
         load(tmp_path)
 
 
@@ -68,7 +81,7 @@ def test_kb_check_cli(tmp_path):
     (tmp_path / "a.yaml").write_text("intents:\n  - id: x\n    title: t\n    answer: a\n")
     bad = runner.invoke(main, ["kb", "check", str(tmp_path)])
     assert bad.exit_code == 1
-    assert f"{tmp_path / 'a.yaml'}:2: intent 'x' needs 'examples'" in bad.output
+    assert f"{tmp_path / 'a.yaml'}:2: 问题「x」需要「examples」" in bad.output
 
 
 def test_intent_and_chat_cli_print_json_lines():
@@ -90,7 +103,7 @@ def test_an_emptied_file_is_an_error_not_a_silent_loss_of_its_intents(tmp_path):
     (tmp_path / "kb" / "orders.yaml").write_text("# 清空了\n")
     with pytest.raises(KnowledgeError) as info:
         load(tmp_path / "kb")
-    assert "orders.yaml:1: the file is empty" in str(info.value)
+    assert "orders.yaml:1: 文件是空的" in str(info.value)
     out = CliRunner().invoke(main, ["kb", "check", str(tmp_path / "kb")])
     assert out.exit_code == 1 and "orders.yaml:1" in out.output
 

@@ -1,11 +1,14 @@
 """wxkf: a self-hosted AI customer-service agent for WeChat."""
 
 
-def create_app(config=None, services=None):
-    """The Flask app: webhook, ops endpoints; services built once per process."""
+def create_app(config=None, services=None, role="web"):
+    """The Flask app: webhook, console, ops endpoints; services built once per process.
+
+    `role` "live" is the thread-worker process that serves requests which wait (`wxkf.live`); the
+    webhook's sync workers ("web") answer those at once with 503."""
     from flask import Flask
 
-    from . import ops, pageapi
+    from . import live, ops, pageapi
     from .agents import console
     from .services import Services
     from .wechat import webhook
@@ -14,12 +17,14 @@ def create_app(config=None, services=None):
     app = Flask(__name__, template_folder="../templates")
     svc = services or Services(config)
     app.config["WXKF"] = svc.config
+    app.config["WXKF_ROLE"] = role
     app.extensions["wxkf"] = svc
     app.config["MAX_CONTENT_LENGTH"] = None  # the webhook enforces its own limit with a clear 413
     app.register_blueprint(webhook.bp)
     app.register_blueprint(callback.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(pageapi.bp)
+    app.register_blueprint(live.bp)
     console.init_app(app, svc.config)
     if svc.config.trusted_proxies:
         # Behind nginx every request comes from the proxy: take the client's address from the last

@@ -52,7 +52,7 @@ def nginx_conf_cmd(ctx, listen, server_name):
     """Print the nginx server block that shields gunicorn from slow clients (README: behind a proxy)."""
     from .deploy import nginx_conf
     cfg = _config(ctx)
-    click.echo(nginx_conf(upstream=cfg.bind, listen=listen, server_name=server_name,
+    click.echo(nginx_conf(upstream=cfg.bind, live_upstream=cfg.live_bind, listen=listen, server_name=server_name,
                           max_body_bytes=cfg.max_body_bytes), nl=False)
 
 
@@ -65,6 +65,20 @@ def serve(ctx, workers):
     args = ["gunicorn", "--bind", cfg.bind, "--workers", str(workers or cfg.web_workers),
             "--worker-class", "sync", "--timeout", "30", "--graceful-timeout", "10",
             "--log-level", cfg.log_level.lower(), "wxkf.wsgi:app"]
+    if ctx.obj.get("config_path"):
+        os.environ["WXKF_CONFIG"] = ctx.obj["config_path"]
+    os.execvp(os.path.join(os.path.dirname(sys.executable), "gunicorn"), args)
+
+
+@main.command()
+@click.pass_context
+def live(ctx):
+    """Run the live process: the console's real-time updates (server-sent events) on live_bind,
+    served by thread workers so that waiting streams never hold a webhook worker."""
+    cfg = _config(ctx)
+    args = ["gunicorn", "--bind", cfg.live_bind, "--workers", "1", "--worker-class", "gthread",
+            "--threads", str(cfg.live_threads), "--timeout", "30", "--graceful-timeout", "5",
+            "--log-level", cfg.log_level.lower(), "wxkf.wsgi:live"]
     if ctx.obj.get("config_path"):
         os.environ["WXKF_CONFIG"] = ctx.obj["config_path"]
     os.execvp(os.path.join(os.path.dirname(sys.executable), "gunicorn"), args)

@@ -55,6 +55,9 @@ class Config:
     max_reply_chars: int = 50
     sandbox: bool = False
     sandbox_bind: str = "127.0.0.1:8001"
+    live_bind: str = "127.0.0.1:8002"
+    live_threads: int = 64
+    live_url: str = ""
     log_level: str = "INFO"
     kf_account: str = ""
     handoff_seconds: int = 1800
@@ -176,9 +179,12 @@ def _validate(cfg, problems):
             problems.append(f"{key}: must be an http(s) URL")
     if cfg.redis_url and not re.match(r"(redis|rediss|unix)://", cfg.redis_url):
         problems.append("redis_url: must start with redis://, rediss:// or unix://")
-    for key in ("bind", "sandbox_bind"):
+    for key in ("bind", "sandbox_bind", "live_bind"):
         if not re.fullmatch(r"[^\s:]+:\d{1,5}", getattr(cfg, key)):
             problems.append(f"{key}: must be HOST:PORT")
+    if cfg.live_url and not re.fullmatch(r"https?://[^/\s]+/?", cfg.live_url):
+        problems.append("live_url: the live process's address as browsers reach it, e.g. https://kf.example.com "
+                        "(empty: the console's host at live_bind's port, or the console's own address behind a proxy)")
     _validate_wecom(cfg, problems)
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append("log_level: one of DEBUG, INFO, WARNING, ERROR")

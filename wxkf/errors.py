@@ -30,7 +30,7 @@ class ConfigError(WxkfError):
 class KnowledgeError(WxkfError):
     def __init__(self, problems):
         self.problems = list(problems)
-        super().__init__("knowledge base has errors:\n  " + "\n  ".join(self.problems))
+        super().__init__("知识库有错误：\n  " + "\n  ".join(self.problems))
 
 
 class PushError(WxkfError):

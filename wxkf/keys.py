@@ -182,3 +182,7 @@ def api_session(sid):
 def api_login_rate(address, minute):
     """Code exchanges from one client address in one minute."""
     return f"{NS}:apilogin:{address[:64]}:{minute}"
+
+
+EVENTS = f"{NS}:events"
+"""Stream of change notices for live pages: conversation id and what changed, never text (`wxkf.events`)."""

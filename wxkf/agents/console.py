@@ -38,7 +38,23 @@ def csrf_token():
 
 @bp.app_context_processor
 def _inject():
-    return {"csrf_token": csrf_token, "me": g.get("user")}
+    return {"csrf_token": csrf_token, "me": g.get("user"), "live_ticket": _live_ticket, "live_base": _live_base,
+            "live_port": lambda: int(svc().config.live_bind.rsplit(":", 1)[1])}
+
+
+def _live_ticket():
+    from ..live import ticket
+    return ticket(g.user["name"], session.get("sid", "")) if g.get("user") else ""
+
+
+def _live_base():
+    """Where the page opens its event stream: `live_url`; the console's own address behind a proxy
+    (the block `wxkf nginx-conf` prints routes /console/events to the live process); else None, and
+    the page uses its own host at live_bind's port."""
+    cfg = svc().config
+    if cfg.live_url:
+        return cfg.live_url.rstrip("/")
+    return "" if cfg.trusted_proxies else None
 
 
 @bp.before_request

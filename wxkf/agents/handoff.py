@@ -12,7 +12,7 @@ import json
 import time
 from enum import Enum
 
-from .. import keys
+from .. import events, keys
 from ..defaults import IDEMPOTENCY_TTL
 from . import wording
 
@@ -56,6 +56,7 @@ redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'o', ARGV[7], 'k', ARGV[8])
 return 1
 """
 
@@ -93,6 +94,8 @@ class Handoffs:
         if claim:
             pipe.hset(keys.handoff(openid), mapping={"status": HandoffStatus.CLAIMED.value, "agent": agent or ""})
         pipe.expire(keys.handoff(openid), self.hold)
+        if claim:
+            events.publish(pipe, openid, "state")
         pipe.execute()
 
     def end(self, openid, why, who="system"):
@@ -126,14 +129,16 @@ class Handoffs:
         at = round(self.clock(), 3)
         entry = json.dumps(dict(extra, at=at, role=role, text=text), ensure_ascii=False)
         if once is not None:
-            self._log_once(keys=[keys.transcript(openid), keys.sent(once), keys.CONVERSATIONS],
-                           args=[entry, f"log:{role}", TRANSCRIPT_MAX, TRANSCRIPT_TTL, IDEMPOTENCY_TTL, at, openid])
+            self._log_once(keys=[keys.transcript(openid), keys.sent(once), keys.CONVERSATIONS, keys.EVENTS],
+                           args=[entry, f"log:{role}", TRANSCRIPT_MAX, TRANSCRIPT_TTL, IDEMPOTENCY_TTL, at, openid,
+                                 role, events.MAXLEN])
             return
         pipe = self.redis.pipeline()
         pipe.rpush(keys.transcript(openid), entry)
         pipe.ltrim(keys.transcript(openid), -TRANSCRIPT_MAX, -1)
         pipe.expire(keys.transcript(openid), TRANSCRIPT_TTL)
         pipe.zadd(keys.CONVERSATIONS, {openid: at})
+        events.publish(pipe, openid, role)
         pipe.execute()
 
     def conversations(self, since=None, until=None):

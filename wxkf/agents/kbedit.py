@@ -31,7 +31,7 @@ from ruamel.yaml.scalarstring import (DoubleQuotedScalarString, FoldedScalarStri
 from ruamel.yaml.tokens import CommentToken
 
 from .. import keys
-from ..dialogue.knowledge import ID_RE, load
+from ..dialogue.knowledge import ID_RE, load, yaml_problem
 from ..errors import KnowledgeError
 
 NEW_FILE = "console.yaml"
@@ -115,7 +115,7 @@ def _parse(text, path, first_line=1):
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + first_line}" if mark else ""
-        raise KnowledgeError([f"{path}{line}: YAML syntax error: {getattr(exc, 'problem', None) or exc}"]) from None
+        raise KnowledgeError([f"{path}{line}: YAML 格式错误：{yaml_problem(exc)}"]) from None
 
 
 _HEAD = re.compile(r"\A(?:[ \t]*(?:[#%].*)?\n)*---[ \t]*(?:#.*)?\n")
@@ -329,7 +329,7 @@ def _append(doc, intent, path):
     """Add a new intent at the end of the `intents:` list, before the comment lines that follow the
     list (they belong to what follows it)."""
     if not isinstance(doc, dict):
-        raise KnowledgeError([f"{path}:1: the file must be a mapping with 'intents:' and other keys"])
+        raise KnowledgeError([f"{path}:1: 文件内容必须是「键: 值」的形式，例如以 intents: 开头"])
     intents = doc.get("intents")
     if isinstance(intents, CommentedSeq) and intents:
         lines = _take_tail(intents, len(intents) - 1)
@@ -405,7 +405,7 @@ class KnowledgeEditor:
             try:
                 load(tmp)
             except KnowledgeError as exc:
-                raise KnowledgeError([p.replace(tmp, str(self.folder)) for p in exc.problems]) from None
+                raise KnowledgeError([p.replace(tmp + "/", "").replace(tmp, "") for p in exc.problems]) from None
 
     def _write(self, path, new_text, who, action, intent_id):
         self._validate_with(path, new_text)
@@ -448,7 +448,7 @@ class KnowledgeEditor:
         """(path, new text) of saving `intent`; raises KnowledgeError for a bad id."""
         intent = _cleaned(intent)
         if not ID_RE.fullmatch(intent["id"]):
-            raise KnowledgeError(["id: required, lower-case letters, digits and _"])
+            raise KnowledgeError(["id：必填，只能用小写字母、数字和下划线。"])
         path = self.source_of(intent["id"])
         if path:
             def change(doc):
@@ -473,7 +473,7 @@ class KnowledgeEditor:
     def _delete(self, intent_id, who):
         path = self.source_of(intent_id)
         if path is None:
-            raise KnowledgeError([f"no intent {intent_id!r}"])
+            raise KnowledgeError([f"没有 id 为「{intent_id}」的问题。"])
 
         def change(doc):
             _remove(doc["intents"], _index(doc, intent_id), doc, "intents")
@@ -488,7 +488,7 @@ class KnowledgeEditor:
             kb = load(self.folder)
             intent = kb.intent(intent_id)
             if intent is None:
-                raise KnowledgeError([f"no intent {intent_id!r}"])
+                raise KnowledgeError([f"没有 id 为「{intent_id}」的问题。"])
             return self._save({"id": intent.id, "title": intent.title, "examples": list(intent.examples) + [text],
                                "keywords": list(intent.keywords), "answer": intent.answer}, who)
 
@@ -504,10 +504,10 @@ class KnowledgeEditor:
     def _version(self, version_id):
         """One recorded knowledge edit (file, before, after, who, action, intent, at)."""
         if not re.fullmatch(r"[0-9]{1,20}-[0-9]{1,20}", version_id or ""):
-            raise KnowledgeError([f"no version {version_id!r}"])
+            raise KnowledgeError([f"没有这个版本：{version_id}。"])
         rows = self.redis.xrange(keys.KB_VERSIONS, version_id, version_id)
         if not rows:
-            raise KnowledgeError([f"no version {version_id!r}"])
+            raise KnowledgeError([f"没有这个版本：{version_id}。"])
         return rows[0][1]
 
     def _rollback(self, f, who):

@@ -83,12 +83,33 @@ def _str_list(value):
 def _check_text(where, key, value, problems, required=True):
     if value is None:
         if required:
-            problems.append(f"{where}: '{key}' is required")
+            problems.append(f"{where}: 缺少「{key}」")
         return None
     if not isinstance(value, str) or not value.strip():
-        problems.append(f"{where}: '{key}' must be non-empty text")
+        problems.append(f"{where}: 「{key}」必须是非空的文字")
         return None
     return value.strip()
+
+
+YAML_PROBLEMS = (
+    ("mapping values are not allowed", "这里不能出现「键: 值」：文字里有冒号时请给整句加引号，或检查缩进"),
+    ("could not find expected ':'", "缺少冒号「:」，或上一行的引号没有配对"),
+    ("cannot start any token", "用了 Tab 缩进或特殊字符开头：请用空格缩进，特殊字符开头的文字请加引号"),
+    ("found unexpected end of stream", "引号没有配对"),
+    ("expected ',' or ']'", "方括号 [ ] 没有配对"),
+    ("expected ',' or '}'", "花括号 { } 没有配对"),
+    ("did not find expected key", "缩进不齐：同一层的键要对齐"),
+    ("expected <block end>", "缩进不齐：同一层的键要对齐"),
+    ("did not find expected '-' indicator", "列表缩进不齐：同一列表的「- 」要对齐"),
+    ("found duplicate anchor", "锚点（&）重复"),
+    ("found undefined alias", "引用（*）了不存在的锚点"),
+)
+
+
+def yaml_problem(exc):
+    """PyYAML's complaint, in the admins' words, with what usually causes it."""
+    raw = str(getattr(exc, "problem", None) or exc)
+    return next((zh for en, zh in YAML_PROBLEMS if en in raw), f"无法解析（{raw}）")
 
 
 def load_file(path, problems):
@@ -96,21 +117,21 @@ def load_file(path, problems):
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{path}: cannot read: {exc}")
+        problems.append(f"{path}: 无法读取（{type(exc).__name__}），请确认文件存在并以 UTF-8 保存")
         return None
     try:
         doc = yaml.load(text, Loader=_LineLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        problems.append(f"{path}{line}: YAML syntax error: {getattr(exc, 'problem', exc)}")
+        problems.append(f"{path}{line}: YAML 格式错误：{yaml_problem(exc)}")
         return None
     if doc is None:
         # An emptied file would silently take its intents away; deleting the file says so on purpose.
-        problems.append(f"{path}:1: the file is empty (delete it to remove its intents)")
+        problems.append(f"{path}:1: 文件是空的（要去掉其中的问题，请删除这个文件）")
         return None
     if not isinstance(doc, dict):
-        problems.append(f"{path}:1: the file must be a mapping with 'intents:' and other keys")
+        problems.append(f"{path}:1: 文件内容必须是「键: 值」的形式，例如以 intents: 开头")
         return None
     return doc
 
@@ -124,14 +145,14 @@ def build(paths):
     from .lexicon import PACKS
     merged = {"synonyms": [], "escalation_keywords": [], "packs": [], "canned": dict(DEFAULT_CANNED)}
     if not paths:
-        raise KnowledgeError(["no *.yaml files found in the knowledge folder"])
+        raise KnowledgeError(["知识库文件夹中没有 *.yaml 文件"])
     for path in paths:
         doc = load_file(path, problems)
         if not doc:
             continue
         for key in doc:
             if key not in KNOWN_TOP:
-                problems.append(f"{path}:{doc['__line__']}: unknown key '{key}'")
+                problems.append(f"{path}:{doc['__line__']}: 未知的键「{key}」（可用：{', '.join(sorted(KNOWN_TOP - {'__line__'}))}）")
         for key in ("persona", "fallback", "welcome", "thanks"):
             if key in doc:
                 value = _check_text(f"{path}:{doc['__line__']}", key, doc[key], problems)
@@ -141,13 +162,13 @@ def build(paths):
         if esc is not None:
             where = f"{path}:{esc.get('__line__', doc['__line__']) if isinstance(esc, dict) else doc['__line__']}"
             if not isinstance(esc, dict):
-                problems.append(f"{where}: 'escalation' must be a mapping with keywords and reply")
+                problems.append(f"{where}: 「escalation」必须包含 keywords（词语列表）和 reply（回复）")
             else:
                 if "keywords" in esc:
                     if _str_list(esc["keywords"]):
                         merged["escalation_keywords"] += [str(k) for k in esc["keywords"]]
                     else:
-                        problems.append(f"{where}: escalation 'keywords' must be a list of words")
+                        problems.append(f"{where}: escalation 的「keywords」必须是词语列表")
                 if "reply" in esc:
                     value = _check_text(where, "reply", esc["reply"], problems)
                     if value:
@@ -155,64 +176,63 @@ def build(paths):
         syn = doc.get("synonyms")
         if syn is not None:
             if not isinstance(syn, list) or not all(_str_list(g) and len(g) >= 2 for g in syn):
-                problems.append(f"{path}:{doc['__line__']}: 'synonyms' must be a list of word lists, "
-                                f"each with two or more words")
+                problems.append(f"{path}:{doc['__line__']}: 「synonyms」必须是词组列表，每组至少两个词")
             else:
                 merged["synonyms"] += [tuple(str(w) for w in g) for g in syn]
         packs = doc.get("packs")
         if packs is not None:
             if not _str_list(packs) or any(str(p) not in PACKS for p in packs):
-                problems.append(f"{path}:{doc['__line__']}: 'packs' must be a list of vocabulary packs "
-                                f"({', '.join(sorted(PACKS))})")
+                problems.append(f"{path}:{doc['__line__']}: 「packs」必须是词库列表"
+                                f"（可用：{', '.join(sorted(PACKS))}）")
             else:
                 merged["packs"] += [str(p) for p in packs if str(p) not in merged["packs"]]
         canned = doc.get("canned")
         if canned is not None:
             if not isinstance(canned, dict):
-                problems.append(f"{path}:{doc['__line__']}: 'canned' must map message types to replies")
+                problems.append(f"{path}:{doc['__line__']}: 「canned」必须是「消息类型: 回复」的形式")
             else:
                 for k, v in canned.items():
                     if k == "__line__":
                         continue
                     if k not in DEFAULT_CANNED:
-                        problems.append(f"{path}:{canned['__line__']}: canned reply for unknown type '{k}'")
+                        problems.append(f"{path}:{canned['__line__']}: canned 中的消息类型「{k}」不存在（可用：{', '.join(DEFAULT_CANNED)}）")
                     elif _check_text(f"{path}:{canned['__line__']}", k, v, problems):
                         merged["canned"][k] = v.strip()
         raw_intents = doc.get("intents", [])
         if not isinstance(raw_intents, list):
-            problems.append(f"{path}:{doc['__line__']}: 'intents' must be a list")
+            problems.append(f"{path}:{doc['__line__']}: 「intents」必须是列表")
             continue
         for raw in raw_intents:
             if not isinstance(raw, dict):
-                problems.append(f"{path}: every entry under 'intents' must be a mapping (id, title, examples, answer)")
+                problems.append(f"{path}: intents 下的每一项都必须包含 id、title、examples、answer")
                 continue
             where = f"{path}:{raw['__line__']}"
             iid = raw.get("id")
             if not isinstance(iid, str) or not ID_RE.fullmatch(iid):
-                problems.append(f"{where}: 'id' is required and must match [a-z0-9_]+")
+                problems.append(f"{where}: 缺少「id」或格式不对：只能用小写字母、数字和下划线")
                 continue
             if iid in seen:
-                problems.append(f"{where}: duplicate intent id '{iid}' (first defined at {seen[iid]})")
+                problems.append(f"{where}: 问题 id「{iid}」重复（第一次出现在 {seen[iid]}）")
                 continue
             seen[iid] = where
             for key in raw:
                 if key not in ("id", "title", "examples", "answer", "keywords", "__line__"):
-                    problems.append(f"{where}: unknown key '{key}' in intent '{iid}'")
+                    problems.append(f"{where}: 问题「{iid}」中有未知的键「{key}」（可用：id、title、examples、answer、keywords）")
             title = _check_text(where, "title", raw.get("title"), problems)
             answer = _check_text(where, "answer", raw.get("answer"), problems)
             examples = raw.get("examples")
             if not _str_list(examples) or not [e for e in examples if str(e).strip()]:
-                problems.append(f"{where}: intent '{iid}' needs 'examples': a list of at least one phrasing")
+                problems.append(f"{where}: 问题「{iid}」需要「examples」：至少一条顾客的说法")
                 continue
             keywords = raw.get("keywords", [])
             if not _str_list(keywords):
-                problems.append(f"{where}: 'keywords' must be a list of words")
+                problems.append(f"{where}: 「keywords」必须是词语列表")
                 keywords = []
             if title and answer:
                 intents.append(Intent(iid, title, tuple(str(e).strip() for e in examples if str(e).strip()),
                                       answer, tuple(str(k) for k in keywords), where))
     if not intents and not problems:
-        problems.append("the knowledge base defines no intents")
+        problems.append("知识库里还没有任何问题（intents）")
     if problems:
         raise KnowledgeError(problems)
     return KnowledgeBase(
@@ -227,7 +247,7 @@ def build(paths):
 def yaml_files(folder):
     folder = Path(folder)
     if not folder.is_dir():
-        raise KnowledgeError([f"{folder}: knowledge folder not found"])
+        raise KnowledgeError([f"{folder}: 找不到知识库文件夹"])
     return sorted(p for p in folder.glob("*.yaml") if p.is_file())
 
 
