@@ -58,6 +58,8 @@ class Config:
     live_bind: str = "127.0.0.1:8002"
     live_threads: int = 64
     live_url: str = ""
+    api_wait: float = 10.0
+    api_chat_per_minute: int = 20
     log_level: str = "INFO"
     kf_account: str = ""
     handoff_seconds: int = 1800

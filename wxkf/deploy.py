@@ -8,6 +8,21 @@ requests. `wxkf nginx-conf` prints the block (tests/test_proxy.py runs nginx wit
 """
 
 
+def _live_location(match):
+    return f"""    location {match} {{
+        proxy_pass http://wxkf_live;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $remote_addr;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_request_buffering on;
+        proxy_buffering off;
+        proxy_cache off;
+        proxy_read_timeout 1h;
+    }}"""
+
+
 def nginx_conf(upstream="127.0.0.1:8000", listen="80", server_name="_", max_body_bytes=262144,
                live_upstream="127.0.0.1:8002"):
     """An nginx `upstream` + `server` block (http context: /etc/nginx/conf.d/wxkf.conf)."""
@@ -50,17 +65,9 @@ server {{
         proxy_read_timeout 30s;
     }}
 
-    # Server-sent events for the console: unbuffered, and open for as long as the page is.
-    location = /console/events {{
-        proxy_pass http://wxkf_live;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
-        proxy_set_header X-Forwarded-For $remote_addr;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_buffering off;
-        proxy_cache off;
-        proxy_read_timeout 1h;
-    }}
+    # Requests that wait go to the live process (`wxkf live`), unbuffered, open as long as they
+    # wait: the console's server-sent events, and the chat page's API (answers, long polls).
+{_live_location("= /console/events")}
+{_live_location("/api/")}
 }}
 """

@@ -33,6 +33,8 @@ class Dispatcher:
         """Handle one push: window bookkeeping, handoff, typing, decision, reply. Returns the Decision."""
         openid, push_id = inbound["openid"], inbound["id"]
         kind = inbound["type"]
+        if inbound.get("channel") == "page":
+            return self._page(inbound)
         wecom = inbound.get("channel") == "wecom"
         sender = self.svc.kf.sender if wecom else self.sender
         # A customer's message of any type opens WeCom's window; MP/OA windows open for the push types.
@@ -57,6 +59,8 @@ class Dispatcher:
             return Decision(Action.SILENT, source="silent")
         if customer:
             handoffs.log(openid, "shopper", message.text or f"[{kind}]", once=push_id, push=push_id)
+            if not wecom:
+                self.svc.page.left(openid)  # wrote through the contact button: agents answer there
         if inbound.get("started"):
             # The webhook escalated and answered WeChat with transfer_customer_service.
             state = handoffs.get(openid) or {}
@@ -91,6 +95,34 @@ class Dispatcher:
             if wecom:
                 self.svc.kf.answered(openid, inbound["to"])
             handoffs.log(openid, "bot", decision.text, once=push_id, source=decision.source, intent=decision.intent)
+        return decision
+
+    def _page(self, inbound):
+        """A message from the Mini Program's own chat page (`wxkf.page`): the same conversation,
+        engine, escalation and console; the result goes to the shopper's mailbox, where `/api/chat`
+        waits for it, even when the bot stays silent because a human holds the chat."""
+        openid, push_id = inbound["openid"], inbound["id"]
+        page, handoffs = self.svc.page, self.svc.handoffs
+        message = Message.from_inbound(inbound)
+        handoffs.log(openid, "shopper", message.text, once=push_id, push=push_id, channel="page")
+        if handoffs.held(openid):
+            page.reply(push_id, openid, None, source="human", escalated=True)
+            return Decision(Action.SILENT, source="human")
+        decision = self._decide_once(push_id, openid, message)
+        kb = self.responder.store.get()
+        if decision.action == Action.ESCALATE:
+            handoffs.start(openid, decision.reason or "request", decision.priority, via="page")
+            text = kb.escalation_reply
+            handoffs.log(openid, "bot", text, once=push_id, source="escalate")  # the console first, then the page
+            page.reply(push_id, openid, text, source="escalate", escalated=True)
+            notify_robot(self.cfg.robot_webhook, openid, decision.reason, message.text)
+            return Decision(Action.ESCALATE, text, source="escalate", reason=decision.reason,
+                            priority=decision.priority)
+        text = decision.text if decision.action != Action.SILENT else None
+        titles = [kb.intent(i).title for i in decision.suggestions if kb.intent(i) is not None]
+        if text:
+            handoffs.log(openid, "bot", text, once=push_id, source=decision.source, intent=decision.intent)
+        page.reply(push_id, openid, text, source=decision.source, suggestions=titles, intent=decision.intent)
         return decision
 
     def _decide_once(self, push_id, openid, message):

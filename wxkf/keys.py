@@ -186,3 +186,18 @@ def api_login_rate(address, minute):
 
 EVENTS = f"{NS}:events"
 """Stream of change notices for live pages: conversation id and what changed, never text (`wxkf.events`)."""
+
+
+def page_mailbox(openid):
+    """Stream of what a Mini Program chat page is told: the bot's results and agents' replies (`wxkf.page`)."""
+    return f"{NS}:page:mailbox:{openid}"
+
+
+def page_active(openid):
+    """Set while a shopper's conversation is on the in-page channel (last written from the page)."""
+    return f"{NS}:page:active:{openid}"
+
+
+def api_chat_rate(openid, minute):
+    """Page messages from one shopper in one minute."""
+    return f"{NS}:apichat:{openid}:{minute}"

@@ -34,8 +34,9 @@ LOGINS_PER_MINUTE = 30
 _CODE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
-def _error(code, message, status):
-    return jsonify(error=code, message=message), status
+def _error(code, message, status, **extra):
+    """The error body every page API answer uses: a stable code the page maps to its fallback."""
+    return jsonify(error={"code": code, "message": message}, **extra), status
 
 
 def _key(svc):
@@ -126,3 +127,128 @@ def refresh():
         return jsonify(_issue(svc, openid))
     except redis.RedisError:
         return _error("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
+
+
+# -- chat -----------------------------------------------------------------------------------------
+MAX_QUERY_CHARS = 4000
+"""Longest page message accepted (the engine reads any length; this bounds what one request queues)."""
+
+POLL_SECONDS = 25
+"""Longest wait of a `/api/messages` long poll in the live process (under wx.request's 60 s default)."""
+
+_MSGID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+
+def _shopper(svc):
+    """The openid of a valid Bearer token, or an error response."""
+    found = verify(svc, _bearer())
+    if found is None:
+        return None, _error("ERR_AUTH", "token missing, forged, expired or refreshed away; log in again", 401)
+    return found[0], None
+
+
+def _limited(svc, openid):
+    """True when the shopper used up this minute's messages (`api_chat_per_minute`)."""
+    minute = int(time.time() // 60)
+    pipe = svc.redis.pipeline()
+    pipe.incr(keys.api_chat_rate(openid, minute))
+    pipe.expire(keys.api_chat_rate(openid, minute), 120)
+    return pipe.execute()[0] > svc.config.api_chat_per_minute
+
+
+def _page_inbound(svc, openid, query, msgid):
+    """The inbound record of a page message, shaped as the webhook's (channel "page")."""
+    digest = hashlib.sha1(f"{openid}:{msgid}".encode()).hexdigest()[:32] if msgid else secrets.token_hex(16)
+    return {"id": "pg_" + digest, "format": "page", "channel": "page", "openid": openid, "to": svc.config.appid,
+            "create_time": int(time.time()), "type": "text", "event": "", "fields": {"Content": query}}
+
+
+@bp.post("/chat")
+def chat():
+    """`{"query", "msgid"?}` -> `{"reply", "source", "suggestions", "escalated", "id"}`.
+
+    Served by the live process (it waits for the worker's answer up to `api_wait` seconds); the
+    webhook process answers 503 at once. A retried request with the same `msgid` is the same message:
+    queued once, answered once. On ERR_AI_TIMEOUT the answer still comes, through /api/messages."""
+    from .live import is_live
+    svc = current_app.extensions["wxkf"]
+    if not is_live():
+        return _error("ERR_UNAVAILABLE", "chat is served by `wxkf live` (live_bind); point the page there", 503)
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        return _error("ERR_BAD_REQUEST", 'a JSON body {"query": "..."} is required', 400)
+    query, msgid = data.get("query"), data.get("msgid")
+    if not isinstance(query, str) or not query.strip():
+        return _error("ERR_BAD_REQUEST", "query must be non-empty text", 400)
+    if len(query) > MAX_QUERY_CHARS:
+        return _error("ERR_TOO_LONG", f"query longer than {MAX_QUERY_CHARS} characters", 413)
+    if msgid is not None and not (isinstance(msgid, str) and _MSGID.fullmatch(msgid)):
+        return _error("ERR_BAD_REQUEST", "msgid: 8-64 letters, digits, '-' or '_'", 400)
+    try:
+        openid, refused = _shopper(svc)
+        if refused:
+            return refused
+        if _limited(svc, openid):
+            resp = _error("ERR_RATE_LIMITED", "too many messages; wait a minute", 429)
+            resp[0].headers["Retry-After"] = str(60 - int(time.time()) % 60)
+            return resp
+        inbound = _page_inbound(svc, openid, query.strip(), msgid)
+        from .live import hub
+        h = hub()
+        after = h.last_id()  # taken before queueing: the answer's notice cannot slip past
+        svc.page.mark_active(openid)
+        svc.inbox.enqueue(inbound)
+        deadline = time.monotonic() + svc.config.api_wait
+        while True:
+            result = svc.page.result(inbound["id"])
+            if result is not None:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.info("page message %s not answered within api_wait", inbound["id"])
+                return _error("ERR_AI_TIMEOUT", "the answer is late; it will arrive through /api/messages", 504,
+                              id=inbound["id"])
+            _, after = h.wait(after, lambda o, k: o == openid and k == "page", left)
+    except redis.RedisError:
+        return _error("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
+    body = {"id": inbound["id"], "reply": result["reply"], "source": result["source"],
+            "suggestions": result["suggestions"], "escalated": result["escalated"]}
+    resp = jsonify(body)
+    resp.headers["ETag"] = '"%s"' % hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.get("/messages")
+def messages():
+    """What the page was told after the mailbox id `after`: bot answers and agents' replies.
+
+    `wait=N` (live process only, up to 25 s) holds the request until something comes: a long poll,
+    which wx.request supports everywhere (Mini Programs have no EventSource). The webhook process
+    answers at once."""
+    from .live import hub, is_live
+    svc = current_app.extensions["wxkf"]
+    after = request.args.get("after", "")
+    if after and not re.fullmatch(r"\d{1,20}-\d{1,20}", after):
+        return _error("ERR_BAD_REQUEST", "after: an id from an earlier answer", 400)
+    try:
+        wait = min(float(request.args.get("wait", 0)), POLL_SECONDS) if is_live() else 0.0
+    except ValueError:
+        return _error("ERR_BAD_REQUEST", "wait: seconds", 400)
+    try:
+        openid, refused = _shopper(svc)
+        if refused:
+            return refused
+        h = hub() if wait > 0 else None
+        position = h.last_id() if h else None
+        deadline = time.monotonic() + wait
+        while True:
+            found = svc.page.messages(openid, after)
+            left = deadline - time.monotonic()
+            if found or left <= 0:
+                break
+            _, position = h.wait(position, lambda o, k: o == openid and k == "page", left)
+    except redis.RedisError:
+        return _error("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
+    out = [dict(entry, id=entry_id) for entry_id, entry in found]
+    return jsonify(messages=out, next=out[-1]["id"] if out else (after or "0-0"))

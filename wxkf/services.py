@@ -34,18 +34,22 @@ class Services:
             from .wecom.kf import KfChannel
             self.kf = KfChannel(self.redis, cfg, self.inbox, self.metrics, self.handoffs)
             self.kf_crypto = PushCrypto(cfg.kf_token, cfg.kf_aes_key, cfg.corpid)
+        from .page import PageSender
+        self.page = PageSender(self.redis)
         self.outbox = Outbox(self.redis, self.sender_for, self.handoffs, self.metrics)
         self._knowledge = None
 
     def sender_for(self, openid):
         """The sender of the channel a conversation came from: WeCom 微信客服 customers are known by
-        the account they talk to (`keys.kf_user`), everyone else is a Mini Program / OA shopper."""
-        if self.kf is not None and self.kf.is_wecom(openid):
-            return self.kf.sender
-        return self.sender
+        the account they talk to (`keys.kf_user`); a shopper who last wrote from the Mini Program's own
+        chat page is answered there (`wxkf.page`); everyone else through WeChat's send API."""
+        return {"wecom": self.kf.sender if self.kf else None, "page": self.page}.get(self.channel_of(openid),
+                                                                                     self.sender)
 
     def channel_of(self, openid):
-        return "wecom" if self.kf is not None and self.kf.is_wecom(openid) else "wechat"
+        if self.kf is not None and self.kf.is_wecom(openid):
+            return "wecom"
+        return "page" if self.page.is_page(openid) else "wechat"
 
     @property
     def knowledge(self):

@@ -18,7 +18,7 @@ _SAFE_NEXT = re.compile(r"/console/[A-Za-z0-9_./%-]*")
 
 bp = Blueprint("console", __name__, url_prefix="/console")
 
-CHANNEL_NAMES = {"wechat": "小程序/公众号", "wecom": "企业微信客服"}
+CHANNEL_NAMES = {"wechat": "小程序/公众号", "wecom": "企业微信客服", "page": "小程序聊天页"}
 
 
 def svc():
@@ -212,7 +212,7 @@ def conversation(openid):
     h = svc().handoffs
     transcript = h.transcript(openid)
     return render_template("conversation.html", openid=openid, state=h.get(openid), transcript=transcript,
-                           remaining=svc().sender.remaining(openid), reply_id=uuid.uuid4().hex,
+                           remaining=svc().sender_for(openid).remaining(openid), reply_id=uuid.uuid4().hex,
                            channel=svc().channel_of(openid), channel_names=CHANNEL_NAMES,
                            customer=_customer(openid, transcript))
 
@@ -232,7 +232,7 @@ def _customer(openid, transcript):
 def api_conversation(openid):
     openid = _openid(openid)
     h = svc().handoffs
-    return jsonify(state=h.get(openid), transcript=h.transcript(openid), remaining=svc().sender.remaining(openid),
+    return jsonify(state=h.get(openid), transcript=h.transcript(openid), remaining=svc().sender_for(openid).remaining(openid),
                    channel=svc().channel_of(openid))
 
 
@@ -253,7 +253,7 @@ def act(openid, action):
             flash("回复内容不能为空。")
         elif len(reply_id) > 64:
             abort(400, "回复编号过长。")
-        elif not svc().sender.remaining(openid):
+        elif svc().sender_for(openid).remaining(openid) == 0:
             flash("未发送：48小时窗口已关闭或5条额度已用完。")
             h.log(openid, "system", f"客服回复未发送（48小时窗口已关闭或5条额度已用完）：{text}", agent=me)
         else:
