@@ -112,7 +112,7 @@ class Dispatcher:
         kb = self.responder.store.get()
         if decision.action == Action.ESCALATE:
             handoffs.start(openid, decision.reason or "request", decision.priority, via="page")
-            text = kb.escalation_reply
+            text = decision.text or kb.escalation_text()
             handoffs.log(openid, "bot", text, once=push_id, source="escalate")  # the console first, then the page
             page.reply(push_id, openid, text, source="escalate", escalated=True)
             notify_robot(self.cfg.robot_webhook, openid, decision.reason, message.text)
@@ -146,13 +146,14 @@ class Dispatcher:
         """Tell the shopper a human is coming, and the agents that someone waits."""
         openid = inbound["openid"]
         kb = self.responder.store.get()  # the store the engine answers from
+        promise = decision.text if decision.text else kb.escalation_text()  # decided once, kept on redelivery
         if inbound.get("channel") == "wecom":
-            self.svc.kf.escalate(inbound, kb.escalation_reply)
+            self.svc.kf.escalate(inbound, promise)
         else:
-            self.sender.deliver(inbound["id"], openid, [kb.escalation_reply])
-            self.svc.handoffs.log(openid, "bot", kb.escalation_reply, once=inbound["id"], source="escalate")
+            self.sender.deliver(inbound["id"], openid, [promise])
+            self.svc.handoffs.log(openid, "bot", promise, once=inbound["id"], source="escalate")
         notify_robot(self.cfg.robot_webhook, openid, decision.reason, Message.from_inbound(inbound).text)
-        return Decision(Action.ESCALATE, kb.escalation_reply, source="escalate", reason=decision.reason,
+        return Decision(Action.ESCALATE, promise, source="escalate", reason=decision.reason,
                         priority=decision.priority)
 
     def _unfinished_escalation(self, push_id):

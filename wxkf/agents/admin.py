@@ -43,7 +43,7 @@ def kb_list():
                if not q or q in i.id or q in i.title or q in i.answer or any(q in e for e in i.examples)]
     unanswered = svc().redis.zrevrange(keys.UNANSWERED, 0, 19, withscores=True)
     return render_template("kb.html", intents=intents, q=q, unanswered=unanswered, review=_review(),
-                           all_intents=kb.intents, test=None, kb_problems=_kb_problems())
+                           all_intents=kb.intents, test=None, kb_problems=_kb_problems(), kb=kb)
 
 
 def _review():
@@ -76,7 +76,8 @@ def kb_test():
     d = engine.decide(Message(kind="text", text=text), Conversation("console-test")) if text else None
     kb = svc().knowledge.get()
     return render_template("kb.html", intents=kb.intents, q="", all_intents=kb.intents, test={"text": text, "d": d},
-                           unanswered=svc().redis.zrevrange(keys.UNANSWERED, 0, 19, withscores=True), review=_review())
+                           unanswered=svc().redis.zrevrange(keys.UNANSWERED, 0, 19, withscores=True), review=_review(),
+                           kb=kb)
 
 
 @bp.route("/edit/<intent_id>", methods=["GET", "POST"])

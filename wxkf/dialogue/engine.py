@@ -11,6 +11,7 @@ Order of questions for a text message:
 A confident answer is the approved text, sent as written; the model is used to understand, not to
 rephrase (`generation = true` turns guarded rephrasing on; docs/dialogue.md has the measurements).
 """
+import dataclasses
 import logging
 import re
 import threading
@@ -122,6 +123,26 @@ class DialogueEngine:
     # -- the decision ---------------------------------------------------------------------------
     def decide(self, message, conversation):
         u = self.understanding()
+        return self._live(self._decide(message, conversation, u), u.kb)
+
+    @staticmethod
+    def _live(decision, kb):
+        """The decision as sent now: `{{variables}}` filled in, the current promotion's line after an
+        answer it is for, and outside service hours an escalation that says when people answer."""
+        if decision.action == Action.ESCALATE:
+            return dataclasses.replace(decision, text=kb.escalation_text())
+        if not decision.text:
+            return decision
+        text = kb.render(decision.text)
+        if decision.source in ("knowledge", "generated"):
+            for intent_id in decision.answered or (decision.intent,):
+                promoted = kb.answer(text, intent_id)
+                if promoted != text:
+                    text = promoted
+                    break
+        return dataclasses.replace(decision, text=text) if text != decision.text else decision
+
+    def _decide(self, message, conversation, u):
         kb = u.kb
         if message.kind == "event":
             if message.event in ("user_enter_tempsession", "subscribe"):
@@ -251,7 +272,7 @@ class DialogueEngine:
     def _answer(self, text, intent, confidence, runner, kb):
         if self.generator is not None:
             try:
-                out = self.generator.phrase(text, intent.answer, kb.persona)
+                out = self.generator.phrase(text, kb.render(intent.answer), kb.persona)
             except Exception:  # the approved answer goes out whatever the model does
                 log.exception("generation failed; sending the approved answer")
                 out = None

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import KnowledgeError
+from . import variables
 
 log = logging.getLogger("wxkf.knowledge")
 
@@ -58,9 +59,24 @@ class KnowledgeBase:
     synonyms: tuple = ()
     packs: tuple = ()
     canned: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_CANNED))
+    live: dict = dataclasses.field(default_factory=dict)
+    """Variables, service hours, timezone, promotion, after-hours reply (`variables.parse`)."""
 
     def intent(self, intent_id):
         return next((i for i in self.intents if i.id == intent_id), None)
+
+    def render(self, text, now=None):
+        """`text` with its `{{variables}}` filled in for now (never sent with braces)."""
+        return variables.render(text, self.live, now)
+
+    def escalation_text(self, now=None):
+        """What a shopper handed to humans is told: outside service hours, when people will answer."""
+        return variables.escalation_text(self.escalation_reply, self.live, now)
+
+    def answer(self, text, intent_id, now=None):
+        """An approved answer as sent: variables filled in, and the current promotion's line for
+        the intents it is for."""
+        return variables.with_promotion(self.render(text, now), intent_id, self.live, now)
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -74,6 +90,11 @@ def _construct_mapping(loader, node, deep=False):
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# Dates stay text (validated where they are used): PyYAML would raise a bare ValueError on a
+# date-shaped typo such as 2026-13-01 instead of a file:line problem.
+_LineLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
 def _str_list(value):
@@ -121,7 +142,7 @@ def load_file(path, problems):
         return None
     try:
         doc = yaml.load(text, Loader=_LineLoader)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         problems.append(f"{path}{line}: YAML 格式错误：{yaml_problem(exc)}")
@@ -136,7 +157,8 @@ def load_file(path, problems):
     return doc
 
 
-KNOWN_TOP = {"persona", "intents", "escalation", "fallback", "welcome", "thanks", "synonyms", "packs", "canned", "__line__"}
+KNOWN_TOP = {"persona", "intents", "escalation", "fallback", "welcome", "thanks", "synonyms", "packs", "canned",
+             "variables", "hours", "timezone", "promotion", "__line__"}
 
 
 def build(paths):
@@ -144,6 +166,7 @@ def build(paths):
     problems, intents, seen = [], [], {}
     from .lexicon import PACKS
     merged = {"synonyms": [], "escalation_keywords": [], "packs": [], "canned": dict(DEFAULT_CANNED)}
+    live, texts, wheres = {"variables": {}}, [], {}  # texts: [(where, text)] that may hold {{variables}}
     if not paths:
         raise KnowledgeError(["知识库文件夹中没有 *.yaml 文件"])
     for path in paths:
@@ -158,6 +181,19 @@ def build(paths):
                 value = _check_text(f"{path}:{doc['__line__']}", key, doc[key], problems)
                 if value:
                     merged[key] = value
+                    texts.append((f"{path}:{doc['__line__']}", value))
+        part = variables.parse(doc, f"{path}:{doc['__line__']}", problems)
+        for name, var in part.pop("variables", {}).items():
+            if name in live["variables"]:
+                problems.append(f"{path}:{doc['__line__']}: 变量「{name}」在多个文件中定义")
+            live["variables"][name] = var
+        for key, value in part.items():
+            if key in live:
+                problems.append(f"{path}:{doc['__line__']}: 「{key}」在多个文件中定义")
+            live[key] = value
+            wheres[key] = f"{path}:{doc['__line__']}"
+            if key == "promotion":
+                texts.append((wheres[key], value["text"]))
         esc = doc.get("escalation")
         if esc is not None:
             where = f"{path}:{esc.get('__line__', doc['__line__']) if isinstance(esc, dict) else doc['__line__']}"
@@ -173,6 +209,13 @@ def build(paths):
                     value = _check_text(where, "reply", esc["reply"], problems)
                     if value:
                         merged["escalation_reply"] = value
+                        texts.append((where, value))
+                if "after_hours_reply" in esc:
+                    value = _check_text(where, "after_hours_reply", esc["after_hours_reply"], problems)
+                    if value:
+                        live["after_hours_reply"] = value
+                        wheres["after_hours_reply"] = where
+                        texts.append((where, value))
         syn = doc.get("synonyms")
         if syn is not None:
             if not isinstance(syn, list) or not all(_str_list(g) and len(g) >= 2 for g in syn):
@@ -228,11 +271,22 @@ def build(paths):
             if not _str_list(keywords):
                 problems.append(f"{where}: 「keywords」必须是词语列表")
                 keywords = []
+            if answer:
+                texts.append((where, answer))
             if title and answer:
                 intents.append(Intent(iid, title, tuple(str(e).strip() for e in examples if str(e).strip()),
                                       answer, tuple(str(k) for k in keywords), where))
     if not intents and not problems:
         problems.append("知识库里还没有任何问题（intents）")
+    if "promotion" in live:
+        ids = {i.id for i in intents}
+        missing = [i for i in live["promotion"]["intents"] if i not in ids]
+        if missing and intents:
+            problems.append(f"{wheres['promotion']}: promotion 的 intents 中「{'、'.join(missing)}」不是已有的问题 id")
+    if live.get("after_hours_reply") and "hours" not in live:
+        problems.append(f"{wheres['after_hours_reply']}: 设置了 after_hours_reply 但没有设置 hours（人工服务时间）")
+    texts += [(f"canned.{k}", v) for k, v in merged["canned"].items()]
+    variables.check_used(live, texts, variables.Clock(live).now.date(), problems)
     if problems:
         raise KnowledgeError(problems)
     return KnowledgeBase(
@@ -241,7 +295,7 @@ def build(paths):
         thanks=merged.get("thanks", DEFAULT_THANKS),
         escalation_keywords=tuple(merged["escalation_keywords"]),
         escalation_reply=merged.get("escalation_reply", DEFAULT_ESCALATION_REPLY),
-        synonyms=tuple(merged["synonyms"]), packs=tuple(merged["packs"]), canned=merged["canned"])
+        synonyms=tuple(merged["synonyms"]), packs=tuple(merged["packs"]), canned=merged["canned"], live=live)
 
 
 def yaml_files(folder):

@@ -535,14 +535,14 @@ class KfChannel:
             if not code:
                 return "silent", None  # WeCom gives no code if a welcome went out in the last 48 h
             try:
-                self.welcome(code, kb.welcome, inbound["id"])
+                self.welcome(code, kb.render(kb.welcome), inbound["id"])
             except WeChatError as exc:
                 self.metrics.inc("wxkf_sends_total", api="kf_send_msg_on_event",
                                  errcode=str(exc.errcode if exc.errcode is not None else "network"))
                 log.warning("welcome to %s not sent: %s", uid, exc)
                 return "silent", None
-            h.log(uid, "bot", kb.welcome, once=inbound["id"], source="welcome")
-            return "welcome", kb.welcome
+            h.log(uid, "bot", kb.render(kb.welcome), once=inbound["id"], source="welcome")
+            return "welcome", kb.render(kb.welcome)
         if event == "msg_send_fail":
             why = FAIL_TYPES.get(f.get("fail_type", ""), f"fail_type {f.get('fail_type', '?')}")
             self.metrics.inc("wxkf_undelivered_total", reason="kf_msg_send_fail")
