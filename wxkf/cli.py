@@ -73,8 +73,8 @@ def serve(ctx, workers):
 @main.command()
 @click.pass_context
 def live(ctx):
-    """Run the live process: the console's real-time updates (server-sent events) on live_bind,
-    served by thread workers so that waiting streams never hold a webhook worker."""
+    """Run the live process on live_bind: requests that wait (the console's server-sent events, the
+    chat page's /api/chat and long polls), on thread workers so they never hold a webhook worker."""
     cfg = _config(ctx)
     args = ["gunicorn", "--bind", cfg.live_bind, "--workers", "1", "--worker-class", "gthread",
             "--threads", str(cfg.live_threads), "--timeout", "30", "--graceful-timeout", "5",
