@@ -30,6 +30,7 @@ class Config:
     kf_handoff: str = "pool"
     kf_servicer: str = ""
     redis_url: str = ""
+    redis_replicas: int = 0
     api_base: str = "https://api.weixin.qq.com"
     wecom_api_base: str = "https://qyapi.weixin.qq.com"
     knowledge: str = "knowledge"
@@ -118,7 +119,7 @@ DEMO = {"token": "wxkfdemotoken", "aes_key": "abcdefghijklmnopqrstuvwxyz01234567
 
 WECOM_KEYS = ("corpid", "kf_secret", "kf_token", "kf_aes_key")
 
-ZERO_OK = {"trusted_proxies"}
+ZERO_OK = {"trusted_proxies", "redis_replicas"}
 """Numeric keys for which 0 is meaningful."""
 
 SECRET_KEYS = {"ops_token", "token", "aes_key", "secret", "kf_secret", "kf_token", "kf_aes_key", "console_secret"}
@@ -179,8 +180,11 @@ def _validate(cfg, problems):
     for key in ("api_base", "wecom_api_base"):
         if not re.match(r"https?://[^/]+", getattr(cfg, key)):
             problems.append(f"{key}: must be an http(s) URL")
-    if cfg.redis_url and not re.match(r"(redis|rediss|unix)://", cfg.redis_url):
-        problems.append("redis_url: must start with redis://, rediss:// or unix://")
+    if cfg.redis_url and not re.match(r"(redis|rediss|unix|redis\+sentinel)://", cfg.redis_url):
+        problems.append("redis_url: must start with redis://, rediss://, unix:// or redis+sentinel://")
+    elif cfg.redis_url.startswith("redis+sentinel://") and not re.fullmatch(
+            r"redis\+sentinel://([^@/]*@)?[^/@]+:\d+(,[^/@,]+:\d+)*/[A-Za-z0-9_.-]+(/\d+)?/?(\?.*)?", cfg.redis_url):
+        problems.append("redis_url: a Sentinel URL is redis+sentinel://[:password@]host1:26379,host2:26379/MASTER[/DB]")
     for key in ("bind", "sandbox_bind", "live_bind"):
         if not re.fullmatch(r"[^\s:]+:\d{1,5}", getattr(cfg, key)):
             problems.append(f"{key}: must be HOST:PORT")

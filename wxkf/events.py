@@ -17,6 +17,7 @@ from bisect import bisect_right
 import redis as redis_lib
 
 from . import keys
+from .store import with_read_timeout
 
 log = logging.getLogger("wxkf.events")
 
@@ -46,10 +47,7 @@ class Hub:
         self.redis = redis
         # Its own connection, whose read timeout outlasts the blocking read (the shared client's 2 s
         # would cut every XREAD BLOCK short).
-        pool = redis.connection_pool
-        self._reader = redis_lib.Redis(connection_pool=redis_lib.ConnectionPool(
-            connection_class=pool.connection_class,
-            **dict(pool.connection_kwargs, socket_timeout=block_ms / 1000 + 5)))
+        self._reader = with_read_timeout(redis, block_ms / 1000 + 5)
         self.block_ms = block_ms
         self._ring = []  # (order, id, openid, what), oldest first
         self._keep = keep

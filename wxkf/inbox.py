@@ -18,7 +18,7 @@ import redis as redis_lib
 from . import defaults, keys
 from .agents.handoff import start_lua
 from .errors import BadSignature
-from .store import DELETE_IF_EQUAL, RENEW_IF_OWNER, ensure_group
+from .store import DELETE_IF_EQUAL, RENEW_IF_OWNER, REPLICA_WAIT_MS, NotReplicated, ensure_group
 
 
 class Replayed(BadSignature):
@@ -60,9 +60,10 @@ class HotScript:
     or a dropped connection; loads the script when Redis has forgotten it (restart, SCRIPT FLUSH).
     """
 
-    def __init__(self, redis, source):
+    def __init__(self, redis, source, replicas=0):
         self.redis = redis
         self.source = source
+        self.replicas = replicas  # with > 0: WAIT until that many replicas have the script's writes
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self._conn = None
         self._pid = None
@@ -75,14 +76,23 @@ class HotScript:
                     self._conn = self.redis.connection_pool.make_connection()
                     self._pid = os.getpid()
                 try:
-                    self._conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
-                    return self._conn.read_response()
-                except redis_lib.exceptions.NoScriptError:
-                    self._conn.send_command("EVAL", self.source, len(keys), *keys, *args)
-                    return self._conn.read_response()
+                    self._conn.connect()  # no-op once connected; a Sentinel connection asks for the master
+                    try:
+                        self._conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+                        result = self._conn.read_response()
+                    except redis_lib.exceptions.NoScriptError:
+                        self._conn.send_command("EVAL", self.source, len(keys), *keys, *args)
+                        result = self._conn.read_response()
+                    if self.replicas:
+                        # On this very connection: WAIT covers the writes this client made.
+                        self._conn.send_command("WAIT", self.replicas, REPLICA_WAIT_MS)
+                        if int(self._conn.read_response()) < self.replicas:
+                            raise NotReplicated(f"fewer than {self.replicas} replica(s) confirmed the write")
+                    return result
                 except (redis_lib.ConnectionError, redis_lib.TimeoutError, OSError):
+                    # The same connection object reconnects next time (a new one per failure would
+                    # count against the pool's limit, as none is ever released).
                     self._conn.disconnect()
-                    self._conn = None
                     if attempt == 2:
                         raise
 
@@ -93,12 +103,12 @@ def shard_of(openid, shards):
 
 class Inbox:
     def __init__(self, redis, shards=defaults.INBOX_SHARDS, dedup_ttl=defaults.DEDUP_TTL,
-                 maxlen=defaults.INBOX_MAXLEN):
+                 maxlen=defaults.INBOX_MAXLEN, replicas=0):
         self.redis = redis
         self.shards = shards
         self.dedup_ttl = dedup_ttl
         self.maxlen = maxlen
-        self._enqueue = HotScript(redis, _ENQUEUE)
+        self._enqueue = HotScript(redis, _ENQUEUE, replicas=replicas)
         self._renew = redis.register_script(RENEW_IF_OWNER)
         self._release = redis.register_script(DELETE_IF_EQUAL)
 

@@ -24,11 +24,11 @@ class Services:
         cfg = self.config = cfg or config_mod.load()
         self.redis = redis or connect(cfg.effective_redis_url)
         self.crypto = PushCrypto(cfg.token, cfg.aes_key, cfg.appid)
-        self.inbox = Inbox(self.redis, shards=cfg.inbox_shards, dedup_ttl=cfg.dedup_ttl)
+        self.inbox = Inbox(self.redis, shards=cfg.inbox_shards, dedup_ttl=cfg.dedup_ttl, replicas=cfg.redis_replicas)
         self.metrics = Metrics(self.redis)
         self.handoffs = Handoffs(self.redis, hold_seconds=cfg.handoff_seconds)
         api = WeChatAPI(self.redis, cfg.api_base, cfg.appid, cfg.secret, metrics=self.metrics)
-        self.sender = Sender(self.redis, api, self.metrics, typing=cfg.typing)
+        self.sender = Sender(self.redis, api, self.metrics, typing=cfg.typing, replicas=cfg.redis_replicas)
         self.kf = self.kf_crypto = None
         if cfg.wecom_enabled:
             from .wecom.kf import KfChannel

@@ -14,10 +14,64 @@ import redis
 from .errors import WxkfError
 
 
-def connect(url):
-    """A Redis client for `url`; short timeouts so a dead Redis fails a request fast instead of hanging it."""
-    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=2.0,
-                                socket_connect_timeout=2.0, health_check_interval=30)
+def connect(url, socket_timeout=2.0):
+    """A Redis client for `url`; short timeouts so a dead Redis fails a request fast instead of hanging it.
+
+    `redis://`, `rediss://` (TLS) and `unix://` as redis-py reads them, and Sentinel:
+    `redis+sentinel://[:password@]host1:26379,host2:26379/SERVICE[/DB][?sentinel_password=...]`.
+    A Sentinel client asks the sentinels for the master on every new connection, so after a
+    failover the next command reaches the new master; a demoted master's READONLY answer is a
+    connection error, retried like one."""
+    options = dict(decode_responses=True, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
+                   health_check_interval=30)
+    if url.startswith("redis+sentinel://"):
+        return _sentinel(url, options)
+    return redis.Redis.from_url(url, **options)
+
+
+def _sentinel(url, options):
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    from redis.sentinel import Sentinel
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    hosts = []
+    for item in netloc.split(","):
+        host, _, port = item.rpartition(":")
+        hosts.append((host or item, int(port) if port.isdigit() else 26379))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise WxkfError("redis_url: a Sentinel URL names the master: redis+sentinel://host:26379/mymaster/0")
+    service, db = path[0], int(path[1]) if len(path) > 1 else 0
+    query = parse_qs(parts.query)
+    password = unquote(parts.password) if parts.password else None
+    sentinel_password = query.get("sentinel_password", [None])[0]
+    sentinel = Sentinel(hosts, sentinel_kwargs={"socket_timeout": 1.0, "socket_connect_timeout": 1.0,
+                                                "password": sentinel_password},
+                        socket_timeout=options["socket_timeout"], socket_connect_timeout=1.0)
+    return sentinel.master_for(service, db=db, password=password, **options)
+
+
+def with_read_timeout(client, seconds):
+    """A client of its own for the same Redis whose reads may wait `seconds` (blocking reads such
+    as XREAD BLOCK would be cut short by the shared client's 2 s)."""
+    from redis.sentinel import SentinelConnectionPool
+    pool = client.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
+    kwargs["socket_timeout"] = seconds
+    if isinstance(pool, SentinelConnectionPool):
+        return pool.sentinel_manager.master_for(pool.service_name, **kwargs)
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
+REPLICA_WAIT_MS = 500
+"""How long a write waits for its replicas (`redis_replicas`) before it counts as not done."""
+
+
+class NotReplicated(redis.ConnectionError):
+    """The master took a write that its replicas have not confirmed: a failover now could lose it,
+    so it is treated as a failed write (a push is answered 503 and WeChat sends it again; a send
+    record keeps its message unacknowledged, and this process remembers the send)."""
 
 
 RENEW_IF_OWNER = """

@@ -9,6 +9,7 @@ import logging
 import time
 
 from .. import defaults, keys
+from ..store import REPLICA_WAIT_MS, NotReplicated
 from ..errors import QuotaExceeded, WeChatError, WeChatTimeout
 
 log = logging.getLogger("wxkf.sender")
@@ -105,8 +106,10 @@ class Sender:
     SEND_PATH = "/cgi-bin/message/custom/send"
     API_NAME = "send"
 
-    def __init__(self, redis, api, metrics, typing=True, attempts=defaults.SEND_ATTEMPTS, clock=time.time):
+    def __init__(self, redis, api, metrics, typing=True, attempts=defaults.SEND_ATTEMPTS, clock=time.time,
+                 replicas=0):
         self.redis = redis
+        self.replicas = replicas
         self.api = api
         self.metrics = metrics
         self.typing_enabled = typing
@@ -232,10 +235,14 @@ class Sender:
         """Write the sends Redis missed; raises RedisError while it is still away."""
         for push_id in list(self._unrecorded):
             key = keys.sent(push_id)
-            pipe = self.redis.pipeline()
+            pipe = self.redis.pipeline(transaction=False)
             pipe.hset(key, mapping=self._unrecorded[push_id])
             pipe.expire(key, defaults.IDEMPOTENCY_TTL)
-            pipe.execute()
+            if self.replicas:  # on the same connection: the record must survive a failover
+                pipe.execute_command("WAIT", self.replicas, REPLICA_WAIT_MS)
+            got = pipe.execute()
+            if self.replicas and int(got[-1]) < self.replicas:
+                raise NotReplicated(f"send record of {push_id} not confirmed by {self.replicas} replica(s)")
             del self._unrecorded[push_id]
 
     def send(self, message):

@@ -216,7 +216,7 @@ class KfChannel:
         self.page_limit = PAGE_LIMIT
         self.lock_ms = PULL_LOCK_MS
         self.api = WeComAPI(redis, cfg.wecom_api_base, cfg.corpid, cfg.kf_secret, metrics=metrics)
-        self.sender = KfSender(redis, self.api, metrics)
+        self.sender = KfSender(redis, self.api, metrics, replicas=cfg.redis_replicas)
         self._finish = redis.register_script(_FINISH)
         self._renew = redis.register_script(RENEW_IF_OWNER)
         self._release = redis.register_script(DELETE_IF_EQUAL)
