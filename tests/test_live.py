@@ -202,3 +202,29 @@ def test_nginx_conf_routes_console_events_to_the_live_process_unbuffered():
     block = block[:block.index("}")]
     assert "proxy_pass http://wxkf_live;" in block and "proxy_buffering off;" in block
     assert "server 127.0.0.1:8002;" in conf
+
+
+def test_streams_never_take_every_thread_of_the_live_process(svc, agent_session):
+    import dataclasses
+    acc, sid = agent_session
+    svc.config = dataclasses.replace(svc.config, live_threads=5)  # a quarter, at least 4, stays free: 1 slot
+    app = create_app(services=svc, role="live")
+    client = app.test_client()
+    with app.app_context():
+        good = live.ticket("alice", sid)
+    first = client.get("/console/events", query_string={"t": good}, buffered=False)
+    assert first.status_code == 200
+    second = client.get("/console/events", query_string={"t": good})
+    assert second.status_code == 503 and second.get_json()["error"]["code"] == "ERR_UNAVAILABLE"  # the page polls
+    first.close()  # the slot comes back when the stream ends
+    third = client.get("/console/events", query_string={"t": good}, buffered=False)
+    assert third.status_code == 200
+    third.close()
+
+
+def test_a_ticket_does_not_carry_the_console_session_id(app, agent_session):
+    acc, sid = agent_session
+    with app.app_context():
+        t = live.ticket("alice", sid)
+        payload = live._serializer().loads(t)  # what anyone reading the URL can decode
+    assert payload[0] == "alice" and sid not in json.dumps(payload)

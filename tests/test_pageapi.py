@@ -207,8 +207,10 @@ def test_the_webhook_process_does_not_wait_for_answers(client, sandbox):
     token = login(client, sandbox, "o_web")["token"]
     resp = chat(client, token, "能开发票吗")
     assert resp.status_code == 503 and resp.get_json()["error"]["code"] == "ERR_UNAVAILABLE"
-    polled = client.get("/api/messages", query_string={"wait": 20}, headers=bearer(token))
+    polled = client.get("/api/messages", headers=bearer(token))
     assert polled.status_code == 200 and polled.get_json() == {"messages": [], "next": "0-0"}  # at once
+    waiting = client.get("/api/messages", query_string={"wait": 20}, headers=bearer(token))
+    assert waiting.status_code == 503 and waiting.get_json()["error"]["code"] == "ERR_UNAVAILABLE"  # never waits here
 
 
 def test_an_agent_reply_redelivered_after_a_crash_reaches_the_page_once(svc, sandbox, client):
@@ -234,3 +236,36 @@ def test_writing_through_the_contact_button_moves_the_conversation_back_to_wecha
     assert web.post(url, data=body).status_code == 200
     assert wait_for(lambda: svc.channel_of("o_both") == "wechat")  # agents now answer through WeChat
     assert svc.sender_for("o_both") is svc.sender
+
+
+def test_malformed_requests_get_a_clear_400_or_401_never_a_500(live_client, sandbox, svc):
+    token = login(live_client, sandbox, "o_odd")["token"]
+    assert live_client.get("/api/messages", query_string={"wait": "nan"}, headers=bearer(token)).status_code == 400
+    assert live_client.get("/api/messages", query_string={"wait": "-1"}, headers=bearer(token)).status_code == 400
+    assert live_client.get("/api/messages", query_string={"after": "1-99999999999999999999"},
+                           headers=bearer(token)).status_code == 400  # beyond what Redis accepts
+    assert live_client.post("/api/chat", json={"query": "你好"},
+                            headers={"Authorization": "Bearer a.\u00e9"}).status_code == 401
+    assert live_client.post("/api/session", json=["code"]).status_code == 400
+    assert chat(live_client, token, "\ud800").status_code == 400  # a lone surrogate is not text
+    assert not svc.page.is_page("o_odd")  # nothing refused moved the conversation to the page
+
+
+def test_one_shopper_cannot_hold_every_waiting_slot(live_client, sandbox, svc):
+    token = login(live_client, sandbox, "o_greedy")["token"]
+    started = []
+
+    def poll():
+        started.append(1)
+        live_client.get("/api/messages", query_string={"wait": 3}, headers=bearer(token))
+    threads = [threading.Thread(target=poll) for _ in range(2)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: svc.redis.get(keys.api_waiting("o_greedy")) == "2")  # two may wait
+    third = live_client.get("/api/messages", query_string={"wait": 20}, headers=bearer(token))
+    assert third.status_code == 200 and third.get_json()["messages"] == []
+    assert any(t.is_alive() for t in threads)  # answered while the first two still wait: not held
+    assert chat(live_client, token, "能开发票吗").status_code == 429  # and not queued
+    for t in threads:
+        t.join(10)
+    assert svc.redis.get(keys.api_waiting("o_greedy")) == "0"

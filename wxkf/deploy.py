@@ -8,8 +8,9 @@ requests. `wxkf nginx-conf` prints the block (tests/test_proxy.py runs nginx wit
 """
 
 
-def _live_location(match):
-    return f"""    location {match} {{
+def _live_location(match, extra=""):
+    extra = f"\n        {extra}" if extra else ""
+    return f"""    location {match} {{{extra}
         proxy_pass http://wxkf_live;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
@@ -67,7 +68,7 @@ server {{
 
     # Requests that wait go to the live process (`wxkf live`), unbuffered, open as long as they
     # wait: the console's server-sent events, and the chat page's API (answers, long polls).
-{_live_location("= /console/events")}
+{_live_location("= /console/events", "access_log off;          # the URL carries the page's ticket")}
 {_live_location("/api/")}
 }}
 """

@@ -124,6 +124,8 @@ class Hub:
             try:
                 entries = self.redis.xrange(keys.EVENTS, min="(" + after, max=floor, count=1000)
             except redis_lib.RedisError:
+                # Never return at once with nothing: the caller would loop straight back here.
+                time.sleep(max(0.0, min(deadline - time.monotonic(), 1.0)))
                 return [], after
             after = entries[-1][0] if entries else floor
             picked = [(i, f.get("o", ""), f.get("k", "")) for i, f in entries if match(f.get("o", ""), f.get("k", ""))]

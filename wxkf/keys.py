@@ -201,3 +201,8 @@ def page_active(openid):
 def api_chat_rate(openid, minute):
     """Page messages from one shopper in one minute."""
     return f"{NS}:apichat:{openid}:{minute}"
+
+
+def api_waiting(openid):
+    """Requests of one shopper waiting in the live process (a chat answer or a long poll)."""
+    return f"{NS}:apiwait:{openid}"

@@ -11,8 +11,11 @@ The console pages are served by the webhook process and open their stream here w
 signed, 12-hour token naming the agent's console session), so the stream needs no cookie and works
 across ports; logging out or disabling the account ends it at the next heartbeat.
 """
+import hashlib
+import hmac
 import json
 import re
+import threading
 import time
 
 import redis
@@ -33,6 +36,37 @@ revoked ticket or a redeployed process never keeps a stale stream."""
 _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
+def valid_event_id(value):
+    """A stream id Redis accepts: two parts of at most 2^64 - 1."""
+    if not value or not _EVENT_ID.fullmatch(value):
+        return False
+    ms, seq = value.split("-")
+    return int(ms) < 2 ** 64 and int(seq) < 2 ** 64
+
+
+class Slots:
+    """Requests that may wait at once in this process, so waiting streams and long polls always
+    leave threads for /api/chat and the console's own requests (a quarter, at least 4)."""
+
+    def __init__(self, threads):
+        self.limit = max(1, threads - max(4, threads // 4))
+        self._sem = threading.BoundedSemaphore(self.limit)
+
+    def take(self):
+        return self._sem.acquire(blocking=False)
+
+    def give(self):
+        self._sem.release()
+
+
+def slots():
+    app = current_app
+    got = app.extensions.get("wxkf_slots")
+    if got is None:
+        got = app.extensions["wxkf_slots"] = Slots(app.extensions["wxkf"].config.live_threads)
+    return got
+
+
 def is_live():
     return current_app.config.get("WXKF_ROLE") == "live"
 
@@ -49,25 +83,35 @@ def _serializer(app=None):
     return URLSafeTimedSerializer((app or current_app).secret_key, salt="wxkf-live-ticket")
 
 
+def _sid_digest(sid):
+    return hmac.new(current_app.secret_key.encode(), f"live:{sid}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def ticket(name, sid):
-    """What a console page gives its event stream: the agent and console session, signed."""
-    return _serializer().dumps([name, sid])
+    """What a console page gives its event stream: the agent and a digest of the console session
+    (the ticket travels in a URL, so it must not carry the session id itself), signed."""
+    return _serializer().dumps([name, _sid_digest(sid)])
 
 
 def _agent(token):
     """The agent a ticket stands for while its console session is open, else None."""
+    from . import keys
     from .agents.accounts import Accounts
     try:
-        name, sid = _serializer().loads(token or "", max_age=TICKET_SECONDS)
+        name, digest = _serializer().loads(token or "", max_age=TICKET_SECONDS)
     except (BadSignature, ValueError, TypeError):
         return None
+    if not isinstance(name, str) or not isinstance(digest, str):
+        return None
     acc = Accounts(current_app.extensions["wxkf"].redis)
-    return name if acc.session_user(sid) == name and acc.get(name) else None
+    for sid in acc.redis.smembers(keys.user_sessions(name)):
+        if hmac.compare_digest(_sid_digest(sid), digest):
+            return name if acc.session_user(sid) == name and acc.get(name) else None
+    return None
 
 
-def _unavailable():
-    resp = jsonify(error={"code": "ERR_UNAVAILABLE",
-                          "message": "live updates are served by `wxkf live` (live_bind), not by this process"})
+def _unavailable(message="live updates are served by `wxkf live` (live_bind), not by this process"):
+    resp = jsonify(error={"code": "ERR_UNAVAILABLE", "message": message})
     resp.status_code = 503
     resp.headers["Access-Control-Allow-Origin"] = "*"
     return resp
@@ -80,7 +124,10 @@ def console_events():
     if not is_live():
         return _unavailable()
     token = request.args.get("t", "")
-    name = _agent(token)
+    try:
+        name = _agent(token)
+    except redis.RedisError:
+        return _unavailable("Redis is unavailable; retry shortly")
     if name is None:
         resp = jsonify(error={"code": "ERR_AUTH", "message": "ticket missing, expired or logged out; reload the page"})
         resp.status_code = 401
@@ -89,7 +136,7 @@ def console_events():
     watch = request.args.get("c") or None
     after = request.headers.get("Last-Event-ID") or request.args.get("after") or ""
     h = hub()
-    after = after if _EVENT_ID.fullmatch(after) else h.last_id()
+    after = after if valid_event_id(after) else h.last_id()
 
     def match(openid, what):
         return openid == watch if watch else True
@@ -100,31 +147,35 @@ def console_events():
         except redis.RedisError:
             return True  # Redis away: the hub retries; heartbeats go on until it is back
 
-    return _stream(h, after, match, still_allowed)
+    if not slots().take():
+        return _unavailable("every live slot is taken; the page polls instead")
+    return _stream(h, after, match, still_allowed, release=slots().give)
 
 
-def _stream(h, after, match, still_allowed):
+def _stream(h, after, match, still_allowed, release):
     app = current_app._get_current_object()
-
-    def generate():
-        with app.app_context():
-            yield "retry: 3000\n: open\n\n"
-            ends = time.monotonic() + STREAM_SECONDS
-            check = time.monotonic() + HEARTBEAT_SECONDS
-            position = after
-            while time.monotonic() < ends:
-                found, position = h.wait(position, match, HEARTBEAT_SECONDS)
-                if time.monotonic() >= check or not found:
-                    check = time.monotonic() + HEARTBEAT_SECONDS
-                    if not still_allowed():
-                        yield "event: end\ndata: {}\n\n"
-                        return
-                if found:
-                    changed = sorted({openid for _, openid, _ in found})
-                    yield f"id: {position}\nevent: change\ndata: {json.dumps({'changed': changed})}\n\n"
-                else:
-                    yield ": heartbeat\n\n"
-
-    return Response(generate(), mimetype="text/event-stream",
+    resp = Response(_events(app, h, after, match, still_allowed), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                              "Access-Control-Allow-Origin": "*"})
+    resp.call_on_close(release)  # the server closes every response, even one never read
+    return resp
+
+
+def _events(app, h, after, match, still_allowed):
+    with app.app_context():
+        yield "retry: 3000\n: open\n\n"
+        ends = time.monotonic() + STREAM_SECONDS
+        check = time.monotonic() + HEARTBEAT_SECONDS
+        position = after
+        while time.monotonic() < ends:
+            found, position = h.wait(position, match, HEARTBEAT_SECONDS)
+            if time.monotonic() >= check or not found:
+                check = time.monotonic() + HEARTBEAT_SECONDS
+                if not still_allowed():
+                    yield "event: end\ndata: {}\n\n"
+                    return
+            if found:
+                changed = sorted({openid for _, openid, _ in found})
+                yield f"id: {position}\nevent: change\ndata: {json.dumps({'changed': changed})}\n\n"
+            else:
+                yield ": heartbeat\n\n"

@@ -8,10 +8,12 @@ the old, so a token that was refreshed away, forged or expired is refused. WeCha
 never returned or logged. Errors carry a stable code the page can map to its fallback.
 """
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import time
@@ -64,7 +66,7 @@ def _issue(svc, openid):
 def verify(svc, token):
     """The (openid, session id) a token stands for, or None: bad signature, other app, expired, or a
     session that was refreshed away or ended."""
-    if not isinstance(token, str) or token.count(".") != 1 or len(token) > 1024:
+    if not isinstance(token, str) or not token.isascii() or token.count(".") != 1 or len(token) > 1024:
         return None
     body, mac = token.split(".")
     if not hmac.compare_digest(hmac.new(_key(svc), body.encode(), hashlib.sha256).hexdigest(), mac):
@@ -88,13 +90,16 @@ def _bearer():
 @bp.post("/session")
 def session():
     svc = current_app.extensions["wxkf"]
-    data = request.get_json(silent=True) or {}
-    code = data.get("code")
+    data = request.get_json(silent=True)
+    code = data.get("code") if isinstance(data, dict) else None
     if not isinstance(code, str) or not _CODE.fullmatch(code):
         return _error("ERR_BAD_REQUEST", "code from wx.login is required", 400)
     try:
         limit_key = keys.api_login_rate(request.remote_addr or "?", int(time.time() // 60))
         if svc.redis.incr(limit_key) > LOGINS_PER_MINUTE:
+            if request.remote_addr in ("127.0.0.1", "::1") and not svc.config.trusted_proxies:
+                # Behind a proxy every shopper has the proxy's address: one client could stop all logins.
+                log.warning("page logins limited for %s: behind a proxy, set trusted_proxies", request.remote_addr)
             return _error("ERR_RATE_LIMITED", "too many logins from this address; retry in a minute", 429)
         svc.redis.expire(limit_key, 120)
         got = svc.sender.api.code2session(code)
@@ -163,6 +168,24 @@ def _page_inbound(svc, openid, query, msgid):
             "create_time": int(time.time()), "type": "text", "event": "", "fields": {"Content": query}}
 
 
+WAITING_PER_SHOPPER = 2
+"""Requests of one shopper that may wait at once in the live process (a chat answer, a long poll)."""
+
+
+@contextlib.contextmanager
+def _waiting(svc, openid):
+    """Counts one shopper's waiting requests; yields whether this one may wait."""
+    key = keys.api_waiting(openid)
+    pipe = svc.redis.pipeline()
+    pipe.incr(key)
+    pipe.expire(key, 120)  # a crashed process's count lapses
+    count = pipe.execute()[0]
+    try:
+        yield count <= WAITING_PER_SHOPPER
+    finally:
+        svc.redis.decr(key)
+
+
 @bp.post("/chat")
 def chat():
     """`{"query", "msgid"?}` -> `{"reply", "source", "suggestions", "escalated", "id"}`.
@@ -180,6 +203,10 @@ def chat():
     query, msgid = data.get("query"), data.get("msgid")
     if not isinstance(query, str) or not query.strip():
         return _error("ERR_BAD_REQUEST", "query must be non-empty text", 400)
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a broken client: not text
+        return _error("ERR_BAD_REQUEST", "query must be valid UTF-8 text", 400)
     if len(query) > MAX_QUERY_CHARS:
         return _error("ERR_TOO_LONG", f"query longer than {MAX_QUERY_CHARS} characters", 413)
     if msgid is not None and not (isinstance(msgid, str) and _MSGID.fullmatch(msgid)):
@@ -196,19 +223,22 @@ def chat():
         from .live import hub
         h = hub()
         after = h.last_id()  # taken before queueing: the answer's notice cannot slip past
-        svc.page.mark_active(openid)
-        svc.inbox.enqueue(inbound)
-        deadline = time.monotonic() + svc.config.api_wait
-        while True:
-            result = svc.page.result(inbound["id"])
-            if result is not None:
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                log.info("page message %s not answered within api_wait", inbound["id"])
-                return _error("ERR_AI_TIMEOUT", "the answer is late; it will arrive through /api/messages", 504,
-                              id=inbound["id"])
-            _, after = h.wait(after, lambda o, k: o == openid and k == "page", left)
+        with _waiting(svc, openid) as allowed:
+            if not allowed:  # not queued: the page sends it again later
+                return _error("ERR_RATE_LIMITED", "two messages of yours are still being answered; retry", 429)
+            svc.inbox.enqueue(inbound)
+            svc.page.mark_active(openid)
+            deadline = time.monotonic() + svc.config.api_wait
+            while True:
+                result = svc.page.result(inbound["id"])
+                if result is not None:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.info("page message %s not answered within api_wait", inbound["id"])
+                    return _error("ERR_AI_TIMEOUT", "the answer is late; it will arrive through /api/messages", 504,
+                                  id=inbound["id"])
+                _, after = h.wait(after, lambda o, k: o == openid and k == "page", left)
     except redis.RedisError:
         return _error("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
     body = {"id": inbound["id"], "reply": result["reply"], "source": result["source"],
@@ -226,28 +256,41 @@ def messages():
     `wait=N` (live process only, up to 25 s) holds the request until something comes: a long poll,
     which wx.request supports everywhere (Mini Programs have no EventSource). The webhook process
     answers at once."""
-    from .live import hub, is_live
+    from .live import hub, is_live, slots, valid_event_id
     svc = current_app.extensions["wxkf"]
     after = request.args.get("after", "")
-    if after and not re.fullmatch(r"\d{1,20}-\d{1,20}", after):
+    if after and not valid_event_id(after):
         return _error("ERR_BAD_REQUEST", "after: an id from an earlier answer", 400)
     try:
-        wait = min(float(request.args.get("wait", 0)), POLL_SECONDS) if is_live() else 0.0
+        wait = float(request.args.get("wait", 0))
     except ValueError:
-        return _error("ERR_BAD_REQUEST", "wait: seconds", 400)
+        wait = -1.0
+    if not math.isfinite(wait) or wait < 0:
+        return _error("ERR_BAD_REQUEST", "wait: seconds, 0-25", 400)
+    wait = min(wait, POLL_SECONDS)
+    if wait > 0 and not is_live():
+        # Long polls wait; the sync workers that acknowledge WeChat never do. The page backs off.
+        return _error("ERR_UNAVAILABLE", "long polls are served by `wxkf live` (live_bind); point the page there", 503)
     try:
         openid, refused = _shopper(svc)
         if refused:
             return refused
-        h = hub() if wait > 0 else None
-        position = h.last_id() if h else None
-        deadline = time.monotonic() + wait
-        while True:
-            found = svc.page.messages(openid, after)
-            left = deadline - time.monotonic()
-            if found or left <= 0:
-                break
-            _, position = h.wait(position, lambda o, k: o == openid and k == "page", left)
+        found = svc.page.messages(openid, after)
+        if not found and wait > 0:
+            # At most two waiting requests per shopper, and never every thread of the process: the
+            # rest answer at once (the page polls again).
+            if slots().take():
+                try:
+                    with _waiting(svc, openid) as allowed:
+                        h = hub()
+                        position = h.last_id()
+                        deadline = time.monotonic() + (wait if allowed else 0)
+                        while not found and deadline > time.monotonic():
+                            _, position = h.wait(position, lambda o, k: o == openid and k == "page",
+                                                 deadline - time.monotonic())
+                            found = svc.page.messages(openid, after)
+                finally:
+                    slots().give()
     except redis.RedisError:
         return _error("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
     out = [dict(entry, id=entry_id) for entry_id, entry in found]

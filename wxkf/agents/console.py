@@ -350,10 +350,17 @@ def _persistent_secret(cfg, name="console_secret"):
     """One random key shared by every web process of this installation, kept under var/ (0600)."""
     path = cfg.var_path / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if not path.exists():
+        # Written whole under another name, then linked into place: a process starting at the same
+        # moment sees either no file or the complete key, never an empty one; the first link wins.
+        tmp = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with open(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
-    except FileExistsError:
-        pass
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     return path.read_text().strip()

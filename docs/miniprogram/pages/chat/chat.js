@@ -152,11 +152,15 @@ Page({
     this.polling = true;
     const loop = () => {
       if (!this.polling) return;
+      const asked = Date.now();
       request("GET", "/api/messages?wait=25" + (this.after ? "&after=" + this.after : ""), undefined, this.token)
         .then((res) => {
           if (res.status === 401) return this.session(true);
           if (res.status !== 200) return new Promise((r) => setTimeout(r, 5000));
           this.after = res.data.next;
+          if (!res.data.messages.length && Date.now() - asked < 1000) {
+            return new Promise((r) => setTimeout(r, 3000));  // answered without waiting: do not hammer
+          }
           for (const m of res.data.messages) {
             if (m.type === "agent") this.show({who: "agent", text: m.text});
             else if (m.type === "reply" && this.shown[m.reply_to] !== true) {
