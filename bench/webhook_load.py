@@ -155,6 +155,10 @@ def main():
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: web_workers from config)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--with-worker", action="store_true",
+                    help="a wxkf worker (model on) answers a backlog of pushes through the sandbox meanwhile")
+    ap.add_argument("--worker-nice", type=int, default=None, help="the worker's nice (default: worker_nice)")
+    ap.add_argument("--backlog", type=int, default=20000, help="pushes queued for the worker before measuring")
     args = ap.parse_args()
 
     cfg = config_mod.load(env={})
@@ -164,8 +168,23 @@ def main():
     redis_url = f"unix://{tmp / 'redis.sock'}"
     wx_port, bare_port = free_port(), free_port()
     env = dict(os.environ, WXKF_REDIS_URL=redis_url, WXKF_BIND=f"127.0.0.1:{wx_port}",
-               WXKF_WEB_WORKERS=str(args.workers))
+               WXKF_WEB_WORKERS=str(args.workers), WXKF_PLAINTEXT_PUSHES="true")  # the plaintext scenario
     server_log = open(tmp / "serve.log", "wb")  # INFO, one line per push, as run.sh runs it
+    sandbox = None
+    if args.with_worker:
+        import logging
+        import threading
+        from werkzeug.serving import make_server
+        from wxkf.wechat.sandbox import create_sandbox
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        sb_app = create_sandbox(cfg.appid, cfg.secret)
+        sb_app.extensions["sandbox"].daily_send_quota = 10_000_000
+        sandbox = make_server("127.0.0.1", 0, sb_app, threaded=True)
+        threading.Thread(target=sandbox.serve_forever, daemon=True).start()
+        env.update(WXKF_API_BASE=f"http://127.0.0.1:{sandbox.server_port}", WXKF_VAR_DIR=str(tmp / "var"),
+                   WXKF_MODEL=str(cfg.model_path))
+        if args.worker_nice is not None:
+            env["WXKF_WORKER_NICE"] = str(args.worker_nice)
     procs = [
         subprocess.Popen([str(BIN / "wxkf"), "serve"], env=env, stdout=server_log, stderr=subprocess.STDOUT),
         subprocess.Popen([str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{bare_port}", "--workers", str(args.workers),
@@ -187,6 +206,26 @@ def main():
                 out.append(builder.request(fields, mode=mode))
             return out
 
+        if args.with_worker:
+            # A backlog the worker answers through every round (bare and wxkf alike, interleaved),
+            # with phrasings the word matching is sure of and ones the model has to read.
+            texts = ["我的快递到哪了", "东西收到是坏的怎么办", "能不能便宜一点", "你好，请问可以开发票吗",
+                     "衣服小了想换大一号", "我付了钱但是订单显示没付"]
+            state = sb_app.extensions["sandbox"]
+            backlog = []
+            for i in range(args.backlog):
+                openid = f"o_backlog_{i}"
+                state.interact(openid)
+                backlog.append(request_bytes(*builder.request(builder.message(openid, text=texts[i % len(texts)]),
+                                                              mode="safe"), wx_port))
+            drive(closed_loop, wx_port, backlog, 8)
+            procs.append(subprocess.Popen([str(BIN / "wxkf"), "worker"], env=env, stdout=server_log,
+                                          stderr=subprocess.STDOUT))
+            deadline = time.monotonic() + 120
+            while not state.messages and time.monotonic() < deadline:  # the model loaded, answering
+                time.sleep(0.2)
+            answered_at_start = len(state.messages)
+            started_measuring = time.monotonic()
         use_wrk = shutil.which("wrk") is not None
         print(f"cpu: {os.cpu_count()} cores; gunicorn sync workers: {args.workers}; "
               f"closed loop: {'wrk' if use_wrk else 'python'} -c{args.concurrency} for {args.seconds:.0f} s; "
@@ -228,12 +267,18 @@ def main():
         for r in rows:
             print("  ".join(str(r[k]).ljust(w) for k, w in zip(cols, widths)))
         print(json.dumps(rows, ensure_ascii=False))
+        if args.with_worker:
+            rate = (len(state.messages) - answered_at_start) / (time.monotonic() - started_measuring)
+            print(f"meanwhile the worker (nice {env.get('WXKF_WORKER_NICE', cfg.worker_nice)}) answered "
+                  f"{rate:.1f} messages/s")
     finally:
         for p in procs:
             p.terminate()
             p.wait(10)
         redis_proc.terminate()
         redis_proc.wait(5)
+        if sandbox is not None:
+            sandbox.shutdown()
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class Config:
     inbox_shards: int = defaults.INBOX_SHARDS
     lease_seconds: float = defaults.LEASE_SECONDS
     heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS
+    worker_nice: int = 10
     typing: bool = True
     model_scoring: bool = True
     model_escalation: bool = True
@@ -119,7 +120,7 @@ DEMO = {"token": "wxkfdemotoken", "aes_key": "abcdefghijklmnopqrstuvwxyz01234567
 
 WECOM_KEYS = ("corpid", "kf_secret", "kf_token", "kf_aes_key")
 
-ZERO_OK = {"trusted_proxies", "redis_replicas"}
+ZERO_OK = {"trusted_proxies", "redis_replicas", "worker_nice"}
 """Numeric keys for which 0 is meaningful."""
 
 SECRET_KEYS = {"ops_token", "token", "aes_key", "secret", "kf_secret", "kf_token", "kf_aes_key", "console_secret"}

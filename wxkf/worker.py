@@ -161,6 +161,11 @@ def wait_for_redis(r, seconds=30):
 
 def main(svc):
     from .errors import KnowledgeError
+    if svc.config.worker_nice:
+        # Below the web processes: on a small box the model's threads would otherwise take the cores
+        # from the workers that must acknowledge WeChat within 5 s (measured in docs/benchmarks.md).
+        os.nice(svc.config.worker_nice)
+        log.info("worker runs at nice %d (worker_nice)", svc.config.worker_nice)
     wait_for_redis(svc.redis)
     try:
         responder = build_responder(svc.config)
