@@ -95,6 +95,7 @@ serve() {
   "$wxkf" worker & PIDS+=($!)
   say "webhook:  http://$bind/wechat     health: http://$bind/healthz   metrics: http://$bind/metrics"
   say "console:  http://$bind/console/   (accounts: .venv/bin/wxkf user add NAME --role agent|admin)"
+  say "live:     http://$("$wxkf" config --get live_bind)   (the console's live updates, the chat page's /api/chat)"
   if [ "$sandbox" = "true" ]; then
     local sb; sb=$("$wxkf" config --get sandbox_bind)
     say "demo mode: WeChat is simulated by the sandbox at http://$sb. Try:"

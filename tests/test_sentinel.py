@@ -22,6 +22,13 @@ pytestmark = pytest.mark.slow
 class Sentinels:
     def __init__(self, tmp):
         self.tmp, self.procs = tmp, {}
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # no redis-server left behind by a failed start
+            raise
+
+    def _start(self):
         self.master_port, self.replica_ports = free_port(), [free_port(), free_port()]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self._server("master", self.master_port)
