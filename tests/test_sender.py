@@ -6,7 +6,7 @@ import time
 import pytest
 
 from wxkf import keys
-from wxkf.errors import WeChatUnreachable
+from wxkf.errors import WeChatError, WeChatUnreachable
 from wxkf.wechat.api import WeChatAPI
 from wxkf.wechat.sender import Sender, pack, split_text
 
@@ -205,6 +205,50 @@ def test_redis_lost_right_after_wechat_accepted_a_send_does_not_send_it_twice(sv
         client.close()
         proc.terminate()
         proc.wait(10)
+
+
+class WorkerDied(BaseException):
+    """The process ends here: nothing after it runs, nothing it kept in memory survives."""
+
+
+def test_a_send_cut_by_a_dying_worker_is_not_sent_again_by_the_next(svc, sandbox, r):
+    """WeChat took the reply, then the worker died (or lost its shard in a Redis failover) before
+    recording it. Another worker, taking the push over, finds the part marked as being sent: the
+    outcome is unknown, WeChat's send API has no idempotency key, so it is not sent again but recorded
+    for agents to check, as a timeout is (seen once in the Sentinel failover test: a reply sent twice)."""
+    first = make_sender(svc, sandbox)
+    shopper_writes(first, sandbox)
+    wechat_send = first.send
+
+    def send_then_die(message):
+        wechat_send(message)
+        raise WorkerDied()
+    first.send = send_then_die
+    with pytest.raises(WorkerDied):
+        first.deliver("cut", OPENID, ["只发一次"])
+    assert len(sandbox.sends(OPENID)) == 1
+
+    second = make_sender(svc, sandbox)  # another process: none of the first one's memory
+    assert second.deliver("cut", OPENID, ["只发一次"]) == 0
+    assert len(sandbox.sends(OPENID)) == 1
+    assert r.hget(keys.sent("cut"), "part:0") == "unknown"
+    assert [(u["reason"], u["texts"]) for u in undelivered(r)] == [("interrupted_unknown", ["只发一次"])]
+    assert second.deliver("cut", OPENID, ["只发一次"]) == 0  # and not reported twice either
+    assert len(undelivered(r)) == 1
+
+
+def test_a_part_wechat_refused_is_sent_when_the_push_comes_back(svc, sandbox, r):
+    """A refusal is certain (nothing reached the shopper): the part is not left marked as being sent,
+    so the redelivered push sends it."""
+    sender = make_sender(svc, sandbox)
+    sender.attempts = 1
+    shopper_writes(sender, sandbox)
+    sandbox.state.failures.append({"path": "/cgi-bin/message/custom/send", "errcode": -1, "count": 1})
+    with pytest.raises(WeChatError):
+        sender.deliver("refused", OPENID, ["再发一次"])
+    assert sandbox.sends(OPENID) == []
+    assert sender.deliver("refused", OPENID, ["再发一次"]) == 1
+    assert [m["text"]["content"] for m in sandbox.sends(OPENID)] == ["再发一次"]
 
 
 def test_unreachable_wechat_is_recorded_and_quota_refunded(svc, sandbox, r):

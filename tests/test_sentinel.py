@@ -103,9 +103,6 @@ def _knows_replica(sentinel):
         return False
 
 
-@pytest.mark.skip(reason="known defect, issue 11: a failover that cuts a worker's send record after WeChat took "
-                         "the reply lets another worker, taking over the shard, send it again (seen once in CI: "
-                         "one push of 150 answered twice). Fix: mark a part 'sending' (replicated) before the send.")
 def test_a_master_killed_under_traffic_loses_and_repeats_nothing(sandbox, builder, tmp_path):
     cluster = Sentinels(tmp_path)
     stack = None

@@ -254,6 +254,38 @@ def test_a_send_msg_read_timeout_is_resent_under_the_same_msgid(svc, world, r, m
         f"reply lost; undelivered: {[e[1]['reason'] for e in r.xrange(keys.UNDELIVERED)]}"
 
 
+class _WorkerDied(BaseException):
+    """The process ends here: nothing it kept in memory survives."""
+
+
+def test_a_send_msg_cut_by_a_dying_worker_is_sent_again_under_the_same_msgid(svc, world, r):
+    """WeCom took the reply, then the worker died before recording it. Unlike WeChat's send API
+    (tests/test_sender.py), send_msg takes an idempotency key, so the worker taking the message over
+    sends the part again with the same msgid: WeCom keeps one copy, and nothing is reported lost."""
+    from wxkf.wecom.kf import KfSender, msgid_for
+    uid = "wmCut"
+    world.customer_message(uid, "能开发票吗")
+    worker = start_worker(svc)
+    svc.kf.wake(ACCOUNT, "ENCcut")
+    for _ in range(4):  # the customer's message: the route and the window are known, the answer sent
+        worker.run_once(block_ms=50)
+    before = len(world.sent_to(uid))
+    first = KfSender(svc.redis, svc.kf.api, svc.metrics)
+    real = first.send
+
+    def send_then_die(message):
+        real(message)
+        raise _WorkerDied()
+    first.send = send_then_die
+    with pytest.raises(_WorkerDied):
+        first.deliver("wk_cut", uid, ["可以开"])
+    second = KfSender(svc.redis, svc.kf.api, svc.metrics)  # another process
+    assert second.deliver("wk_cut", uid, ["可以开"]) == 1
+    assert [m["msgid"] for m in world.sent_to(uid)[before:]] == [msgid_for("wk_cut:part:0")]  # one copy
+    assert r.hget(keys.sent("wk_cut"), "part:0") not in (None, "unknown")
+    assert [f["reason"] for _, f in r.xrange(keys.UNDELIVERED)] == []
+
+
 # 10 -----------------------------------------------------------------------------------------------
 def test_sandbox_sync_msg_refuses_a_token_it_never_issued(svc, world):
     """Protocol ref. 5.3: the token comes from a callback and is valid 10 minutes."""

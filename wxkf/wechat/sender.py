@@ -49,6 +49,10 @@ return allowance - used
 """
 
 
+SENDING = "sending:"
+"""Prefix of the field marking a part as being sent (keys.sent(push_id) hash), written before the HTTP call."""
+
+
 def split_text(text, limit=defaults.TEXT_LIMIT_BYTES):
     """Split into pieces of at most `limit` UTF-8 bytes, never inside a character, preferring line
     and sentence ends."""
@@ -105,6 +109,9 @@ class Sender:
 
     SEND_PATH = "/cgi-bin/message/custom/send"
     API_NAME = "send"
+    RESEND_INTERRUPTED = False
+    """Whether a part another process was sending when it stopped may be sent again: only where the
+    API takes an idempotency key (WeCom's msgid)."""
 
     def __init__(self, redis, api, metrics, typing=True, attempts=defaults.SEND_ATTEMPTS, clock=time.time,
                  replicas=0):
@@ -161,10 +168,12 @@ class Sender:
     def deliver(self, push_id, openid, texts):
         """Send a reply to one inbound message exactly once, within the shopper's window.
 
-        The planned parts are stored under the message's idempotency key before the first send, so a
-        worker that dies mid-reply and a re-delivered message never send a part twice (except a part
-        whose HTTP call succeeded in the instant before the crash; WeChat's send API has no
-        idempotency key). Returns the number of parts sent now.
+        The planned parts are stored under the message's idempotency key before the first send, and
+        each part is marked as being sent before its HTTP call and as sent after it, so a worker that
+        dies mid-reply, a re-delivered message and a worker taking a shard over in a failover never send
+        a part twice. A part found marked but not recorded was cut mid-send: its outcome is unknown and,
+        WeChat's send API having no idempotency key, it is recorded for agents instead of sent again.
+        Returns the number of parts sent now.
         """
         key = keys.sent(push_id)
         self.record_pending()
@@ -185,10 +194,23 @@ class Sender:
             parts = json.loads(plan)
         sent = 0
         for i, part in enumerate(parts):
-            if f"part:{i}" in self._unrecorded.get(push_id, ()) or self.redis.hexists(key, f"part:{i}"):
+            field = f"part:{i}"
+            if field in self._unrecorded.get(push_id, ()):
                 continue
-            message = self.message(openid, part, f"{push_id}:part:{i}")
-            if not self._send_once(push_id, openid, message, f"part:{i}", parts[i:]):
+            done, cut = self.redis.hmget(key, field, SENDING + field)
+            if done is not None:
+                continue
+            if cut is not None and not self.RESEND_INTERRUPTED:
+                # Another process was sending this part when it stopped (died, or lost its shard in a
+                # failover) before recording the outcome: the shopper may have it, and WeChat's send
+                # API has no idempotency key. Not sent again; recorded for agents, as a timeout is.
+                self._record(push_id, field, "unknown")
+                self._undelivered(push_id, openid, [part], "interrupted_unknown")
+                log.error("reply part %d of push %s was being sent by a process that stopped; it may or may "
+                          "not have arrived, not resending", i, push_id)
+                continue
+            message = self.message(openid, part, f"{push_id}:{field}")
+            if not self._send_once(push_id, openid, message, field, parts[i:]):
                 break
             sent += 1
         return sent
@@ -205,9 +227,11 @@ class Sender:
         if left <= 0:
             self._undelivered(push_id, openid, pending, "window_closed" if left < 0 else "quota_used")
             return False
+        self._mark_sending(push_id, field)
         try:
             self.send(message)
         except QuotaExceeded as exc:
+            self.redis.hdel(keys.sent(push_id), SENDING + field)  # refused: certainly not delivered
             self._sync_quota(openid, exc.errcode)
             self._undelivered(push_id, openid, pending, f"errcode_{exc.errcode}")
             return False
@@ -219,11 +243,26 @@ class Sender:
             log.error("send to %s timed out; it may or may not have arrived, not resending: %s", openid, exc)
             return False
         except WeChatError as exc:
+            self.redis.hdel(keys.sent(push_id), SENDING + field)
             self.redis.hincrby(keys.quota(openid), "used", -1)
             self._undelivered(push_id, openid, pending, f"errcode_{exc.errcode or 'network'}")
             raise
         self._record(push_id, field, int(self.clock()))
         return True
+
+    def _mark_sending(self, push_id, field):
+        """Say, before the HTTP call, that this part is being sent: a process taking the push over
+        after this one stops then knows the outcome is unknown. With `redis_replicas`, confirmed by the
+        replicas first, so that a failover cannot lose the mark (the part is then not sent at all)."""
+        key = keys.sent(push_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, SENDING + field, int(self.clock()))
+        pipe.expire(key, defaults.IDEMPOTENCY_TTL)
+        if self.replicas:
+            pipe.execute_command("WAIT", self.replicas, REPLICA_WAIT_MS)
+        got = pipe.execute()
+        if self.replicas and int(got[-1]) < self.replicas:
+            raise NotReplicated(f"send mark of {push_id} not confirmed by {self.replicas} replica(s)")
 
     def _record(self, push_id, field, value):
         """Mark a part sent. Remembered in this process first: if Redis fails now, the RedisError

@@ -185,6 +185,7 @@ class KfSender(Sender):
 
     SEND_PATH = SEND
     API_NAME = "kf_send_msg"
+    RESEND_INTERRUPTED = True  # the same msgid is the same message to WeCom (protocol ref. 5.4)
 
     def __init__(self, redis, api, metrics, **kwargs):
         super().__init__(redis, api, metrics, typing=False, **kwargs)
