@@ -7,8 +7,12 @@ regression on all the others and measures the one left out: escalation recall, l
 and ordinary questions escalated, for the rules alone, the reader alone, and either (what the engine
 does).
 
-    python bench/fit_escalation.py [l2] [threshold]          # leave-one-trade-out figures
-    python bench/fit_escalation.py --write [l2]              # fit on all trades, write the weights
+    python bench/fit_escalation.py [l2] [threshold] [--veto=P] [--no-extra]   # leave-one-trade-out
+    python bench/fit_escalation.py --write [l2] [--no-extra]                  # fit on all, write weights
+
+`--veto=P`: a rule's complaint or anger cue does not escalate when the reader gives P(none) >= P
+(the engine does this at escalation.VETO_AT; without the option it is measured without the veto).
+`--no-extra`: without the reader-only trades of bench/escalation-data/.
 """
 import sys
 from pathlib import Path
@@ -24,6 +28,12 @@ CACHE = ROOT / "var" / "fit-cache" / "escalation-reader-features.npz"
 FOLDERS = {}
 
 
+EXTRA = ROOT / "bench" / "escalation-data"
+"""Labelled messages of ten more trades (escalations by reason, look-alikes, ordinary questions), written
+for the reader only by a helper who saw none of the evaluation sets; no knowledge base. Never in
+tests/eval: they train the reader, and leave-one-trade-out measures it on each of them too."""
+
+
 def trades():
     out = {}
     for group in ("trades",):  # never the blind trades
@@ -31,6 +41,10 @@ def trades():
             if (d / "cases.tsv").exists():
                 out[d.name] = evaluate.read_cases(d / "cases.tsv")
                 FOLDERS[d.name] = d
+    if "--no-extra" not in sys.argv:
+        for f in sorted(EXTRA.glob("*.tsv")):
+            out["+" + f.stem] = evaluate.read_cases(f)
+            FOLDERS["+" + f.stem] = next(iter(FOLDERS.values()))  # the reading needs no knowledge base
     return out
 
 
@@ -63,7 +77,11 @@ def read_all(data):
     return cached
 
 
-def fit(X, y, l2=1.0, steps=400, lr=0.5):
+ESCALATION_WEIGHT = 1.5
+"""How much more an escalation counts than a calm message in the fit (they are rare)."""
+
+
+def fit(X, y, l2=1.0, steps=400, lr=0.5, esc_weight=None):
     """Multinomial logistic regression by gradient descent; returns (W, b, mean, std)."""
     mu, sd = X.mean(0), X.std(0) + 1e-6
     Z = (X - mu) / sd
@@ -71,7 +89,7 @@ def fit(X, y, l2=1.0, steps=400, lr=0.5):
     W = np.zeros((Z.shape[1], k))
     b = np.zeros(k)
     Y = np.eye(k)[y]
-    weights = np.where(y > 0, 3.0, 1.0)[:, None]  # escalations are rare: weigh them up
+    weights = np.where(y > 0, ESCALATION_WEIGHT if esc_weight is None else esc_weight, 1.0)[:, None]
     for _ in range(steps):
         P = Z @ W + b
         P = np.exp(P - P.max(1, keepdims=True))
@@ -116,8 +134,11 @@ def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     l2 = float(args[0]) if args else 50.0
     cut = float(args[1]) if len(args) > 1 else escalation.READER_AT
+    veto = next((float(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--veto=")), None)
     if "--write" in sys.argv:
         return write(rows, l2)
+    groups = {"development": lambda t: not t.startswith("+"), "reader-only trades": lambda t: t.startswith("+")}
+    group_totals = {g: np.zeros(7) for g in groups}
     print(f"l2={l2} cut={cut}")
     print(f"{'trade':12} {'rules rec':>9} {'probe rec':>9} {'either':>7} | {'calm esc r/p/e':>15} | {'ordinary esc r/p/e':>18}")
     totals = np.zeros(7)
@@ -129,21 +150,31 @@ def main():
         model = fit(X, y, l2=l2)
         P = predict(model, np.stack([r[4] for r in test]))
         probe = (1 - P[:, 0] >= cut) & ~np.array([escalation.defused(r[3].split("||")[-1]) for r in test])
-        rules = np.array([escalation.detect(r[3].split("||")[-1]) is not None for r in test])
+        found = [escalation.detect(r[3].split("||")[-1]) for r in test]
+        rules = np.array([e is not None for e in found])
+        if veto is not None:  # the reader overrules a complaint or anger cue it reads as calm
+            calm_read = P[:, 0] >= veto
+            rules &= ~np.array([e is not None and e.reason in escalation.VETOABLE for e in found]) | ~calm_read
         esc = np.array([r[1] == "escalate" for r in test])
         calm = np.array([r[1] == "calm" for r in test])
         ordinary = ~esc & ~calm
         def rate(mask, sel):
             return f"{int(sel[mask].sum()):>3}"
-        totals += [esc.sum(), rules[esc].sum(), probe[esc].sum(), (rules | probe)[esc].sum(),
-                   (rules | probe)[calm].sum(), (rules | probe)[ordinary].sum(), ordinary.sum()]
+        line = [esc.sum(), rules[esc].sum(), probe[esc].sum(), (rules | probe)[esc].sum(),
+                (rules | probe)[calm].sum(), (rules | probe)[ordinary].sum(), ordinary.sum()]
+        totals += line
+        for g, member in groups.items():
+            if member(held):
+                group_totals[g] += line + [0] * 0
         print(f"{held:12} {rules[esc].mean():9.2f} {probe[esc].mean():9.2f} {(rules | probe)[esc].mean():7.2f} | "
               f"{rate(calm, rules)}/{rate(calm, probe)}/{rate(calm, rules | probe)} of {calm.sum():>2} | "
               f"{rate(ordinary, rules)}/{rate(ordinary, probe)}/{rate(ordinary, rules | probe)} of {ordinary.sum():>3}")
 
-    n, r, p, e, calm_e, ord_e, n_ord = totals
-    print(f"{'all':12} {r / n:9.2f} {p / n:9.2f} {e / n:7.2f} | either escalated {int(calm_e)} look-alikes, "
-          f"{int(ord_e)} of {int(n_ord)} ordinary")
+    for name, t in [("all", totals)] + list(group_totals.items()):
+        n, r, p, e, calm_e, ord_e, n_ord = t
+        if n:
+            print(f"{name:12} {r / n:9.2f} {p / n:9.2f} {e / n:7.2f} | either escalated {int(calm_e)} "
+                  f"look-alikes, {int(ord_e)} of {int(n_ord)} ordinary")
 
 
 if __name__ == "__main__":

@@ -144,6 +144,32 @@ def test_escalations_no_rule_catches_are_read_by_the_model(hotel):
         assert say(hotel, text).action != Action.ESCALATE, text
 
 
+def test_a_complaint_cue_in_a_calm_message_is_overruled_by_the_reader(hotel):
+    """"前台…态度" is a complaint cue; praise of the front desk is not a complaint. The reader reads it
+    as calm (P(none) >= VETO_AT) and the bot answers; the same cue in a complaint still escalates."""
+    from wxkf.dialogue import escalation
+    calm = "你们前台小姐姐态度超好👍 停车能抵多久"
+    assert escalation.detect(calm).reason == "complaint"
+    assert say(hotel, calm).action != Action.ESCALATE
+    d = say(hotel, "前台态度太差了 叫了半天没人理")
+    assert d.action == Action.ESCALATE and d.reason == "complaint"
+
+
+def test_the_reader_never_overrules_urgency_or_a_request_for_a_person(hotel, monkeypatch):
+    """Even a reader sure the message is calm leaves an urgency cue and an explicit "转人工" in charge:
+    a missed emergency costs more than an agent reading a calm message."""
+    from wxkf.dialogue import escalation
+    monkeypatch.setattr(hotel.reader, "calm", lambda hidden: True)
+    assert escalation.detect("我朋友在房间里晕倒了").reason == "urgent"
+    assert say(hotel, "我朋友在房间里晕倒了").reason == "urgent"
+    both = "前台态度太差了 转人工"
+    assert escalation.detect(both).reason == "complaint"
+    assert escalation.detect(both, skip=escalation.VETOABLE).reason == "request"
+    d = say(hotel, both)
+    assert d.action == Action.ESCALATE and d.reason == "request"
+    assert say(hotel, "你们前台态度太差了").action != Action.ESCALATE  # what the veto does, forced
+
+
 def test_the_reader_is_off_for_a_model_it_was_not_fitted_on(llm, tmp_path):
     """Another GGUF's hidden states mean something else: its engine escalates by rules alone."""
     import numpy as np

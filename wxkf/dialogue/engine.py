@@ -171,11 +171,17 @@ class DialogueEngine:
                     return Decision(Action.REPLY, intent.answer, source="knowledge", intent=intent.id,
                                     confidence=1.0, reason="suggestion_picked", answered=(intent.id,))
         esc = escalation_mod.detect(text, kb.escalation_keywords, conversation.turns)
+        reading = None
+        if esc is not None and esc.reason in escalation_mod.VETOABLE and self.reader is not None \
+                and u.scorer is not None:
+            reading = u.scorer.read(text)
+            if self.reader.calm(reading):  # a cue word in a calm message: "差评是不可能差评的"
+                esc = escalation_mod.detect(text, kb.escalation_keywords, conversation.turns,
+                                            skip=escalation_mod.VETOABLE)
         if esc is None and self._repeated(text, conversation):
             esc = escalation_mod.Escalation("repeated_failure", escalation_mod.PRIORITY["repeated_failure"], "repeat")
-        reading = None
         if esc is None and self.reader is not None and u.scorer is not None and not escalation_mod.defused(text):
-            reading = u.scorer.read(text)
+            reading = reading if reading is not None else u.scorer.read(text)
             esc = self.reader.detect(reading)  # what no cue word says: "叫他也没反应"
         if esc is not None:
             return Decision(Action.ESCALATE, kb.escalation_reply, source="escalate", reason=esc.reason,

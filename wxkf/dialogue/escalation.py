@@ -146,17 +146,17 @@ def _negated(text, at):
     return bool(NEGATION.search(before)) and not _A_NOT_A.search(before)
 
 
-def detect(text, extra_complaint_words=(), history=None):
+def detect(text, extra_complaint_words=(), history=None, skip=()):
     """The strongest escalation in `text`, or None.
 
     `history`: the conversation's recent turns (dicts with "source" and "text"), newest last,
-    for repeated-failure detection.
+    for repeated-failure detection. `skip`: reasons not to look for (those the reader overruled).
     """
     t = _mask_lookalikes(normalize(text))
     defused = bool(DEFUSERS.search(t))
     found = []
     for reason, pattern in _patterns(tuple(extra_complaint_words)).items():
-        if defused and reason != "request":
+        if (defused and reason != "request") or reason in skip:
             continue
         for m in pattern.finditer(t):
             if not _negated(t, m.start()):
@@ -164,7 +164,7 @@ def detect(text, extra_complaint_words=(), history=None):
                 break
     if t.strip() in ("人工", "真人", "客服", "人工客服"):
         found.append(Escalation("request", PRIORITY["request"], t.strip()))
-    if _EXCLAIM.search(text) and not found and not defused:
+    if _EXCLAIM.search(text) and not found and not defused and "anger" not in skip:
         found.append(Escalation("anger", PRIORITY["anger"], "!!!"))
     if not found and history:
         bot_turns = [h for h in history if h.get("role") == "bot"]
@@ -177,9 +177,16 @@ def detect(text, extra_complaint_words=(), history=None):
 
 READER_WEIGHTS = Path(__file__).with_name("escalation-reader.npz")
 
-READER_AT = 0.7
+READER_AT = 0.8
 """The reader escalates when P(a human is needed) >= this (bench/fit_escalation.py: leave-one-trade-out,
 the level where look-alikes and ordinary questions stay at about one in a trade)."""
+
+VETO_AT = 0.9
+"""A complaint or anger cue word does not escalate a message the reader reads as calm with P(none) >= this
+("差评是不可能差评的", "好吃到想投诉自己"). Urgency cues keep the last word (a missed emergency costs more
+than an agent reading a calm message), and so does an explicit request for a person."""
+
+VETOABLE = ("complaint", "anger")
 
 
 class Reader:
@@ -211,6 +218,10 @@ class Reader:
         z = ((hidden - self.mean) / self.scale) @ self.weights + self.bias
         p = np.exp(z - z.max())
         return p / p.sum()
+
+    def calm(self, hidden):
+        """Whether the reading is sure no human is needed: enough to overrule a complaint or anger cue."""
+        return hidden is not None and float(self.probabilities(hidden)[0]) >= VETO_AT
 
     def detect(self, hidden):
         """An Escalation when the message needs a human, else None."""
