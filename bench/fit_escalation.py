@@ -1,18 +1,19 @@
 """Fit the escalation reader (escalation.Reader) and measure it on trades it was not fitted on.
 
-Reads every case of every development trade (tests/eval/trades; never the blind ones) with the
-model as the engine does (ModelScorer.read: the final hidden states averaged over the message's tokens
+Reads every case of every development trade (tests/eval/trades; never the blind ones) and of the
+reader-only trades (bench/escalation-data/) with the model as the engine does (ModelScorer.read: the final hidden states averaged over the message's tokens
 after a trade-independent prompt; cached in var/fit-cache/), then, for each trade, fits a logistic
 regression on all the others and measures the one left out: escalation recall, look-alikes escalated
 and ordinary questions escalated, for the rules alone, the reader alone, and either (what the engine
 does).
 
-    python bench/fit_escalation.py [l2] [threshold] [--veto=P] [--no-extra]   # leave-one-trade-out
+    python bench/fit_escalation.py [l2] [threshold] [--veto=P] [--weight=W] [--no-extra|--dev-only]
     python bench/fit_escalation.py --write [l2] [--no-extra]                  # fit on all, write weights
 
 `--veto=P`: a rule's complaint or anger cue does not escalate when the reader gives P(none) >= P
 (the engine does this at escalation.VETO_AT; without the option it is measured without the veto).
-`--no-extra`: without the reader-only trades of bench/escalation-data/.
+`--no-extra`: without the reader-only trades of bench/escalation-data/; `--dev-only`: measured on them,
+but fitted on the development trades only (the reader before they were written).
 """
 import sys
 from pathlib import Path
@@ -135,15 +136,19 @@ def main():
     l2 = float(args[0]) if args else 50.0
     cut = float(args[1]) if len(args) > 1 else escalation.READER_AT
     veto = next((float(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--veto=")), None)
+    global ESCALATION_WEIGHT
+    ESCALATION_WEIGHT = next((float(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--weight=")),
+                             ESCALATION_WEIGHT)
     if "--write" in sys.argv:
         return write(rows, l2)
+    dev_only = "--dev-only" in sys.argv  # the new trades measured, never trained on (the reader before them)
     groups = {"development": lambda t: not t.startswith("+"), "reader-only trades": lambda t: t.startswith("+")}
     group_totals = {g: np.zeros(7) for g in groups}
     print(f"l2={l2} cut={cut}")
     print(f"{'trade':12} {'rules rec':>9} {'probe rec':>9} {'either':>7} | {'calm esc r/p/e':>15} | {'ordinary esc r/p/e':>18}")
     totals = np.zeros(7)
     for held in data:
-        train = [r for r in rows if r[0] != held]
+        train = [r for r in rows if r[0] != held and not (dev_only and r[0].startswith("+"))]
         test = [r for r in rows if r[0] == held]
         X = np.stack([r[4] for r in train])
         y = np.array([r[2] for r in train])
