@@ -34,12 +34,7 @@ from wxkf import config as config_mod  # noqa: E402
 from wxkf.store import start_embedded  # noqa: E402
 from wxkf.wechat.sandbox import create_sandbox  # noqa: E402
 from wxkf.wechat.simulate import PushBuilder  # noqa: E402
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _common import free_port  # noqa: E402  (bench/, the script's folder)
 
 
 def wait_http(url, deadline=30):

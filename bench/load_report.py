@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import queue
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,41 +35,19 @@ BIN = Path(sys.executable).parent
 from wxkf import config as config_mod  # noqa: E402
 from wxkf.store import connect, start_embedded  # noqa: E402
 from wxkf.wechat.simulate import PushBuilder  # noqa: E402
+from _common import exchange, free_port, request_bytes, wait_up  # noqa: E402  (bench/, the script's folder)
 
 SURE = ["我的快递到哪了", "怎么申请退款", "可以开发票吗", "地址填错了怎么改"]
 MODEL = ["东西收到是坏的怎么办", "能不能便宜一点", "衣服小了想换大一号", "我付了钱但是订单显示没付"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_up(port, deadline=30):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server on {port} did not start")
-
-
 def post(port, path, body):
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
     started = time.perf_counter()
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(head + body)
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
+        elapsed, data = exchange(port, request_bytes(path, body, port), timeout=10)
     except OSError:
         return time.perf_counter() - started, False
-    return time.perf_counter() - started, data.startswith(b"HTTP/1.1 200")
+    return elapsed, data.startswith(b"HTTP/1.1 200")
 
 
 def rss_mb(pid):

@@ -12,7 +12,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,46 +25,14 @@ sys.path.insert(0, str(ROOT))
 from wxkf import config as config_mod  # noqa: E402
 from wxkf.store import start_embedded  # noqa: E402
 from wxkf.wechat.simulate import PushBuilder  # noqa: E402
+from _common import exchange, free_port, request_bytes, wait_up  # noqa: E402  (bench/, the script's folder)
 
 BIN = Path(sys.executable).parent
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_up(port, deadline=20):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server on {port} did not start")
-
-
-def request_bytes(path, body, port):
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: text/xml\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-    return head + body
-
-
 def one(port, raw):
-    started = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(raw)
-        data = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    elapsed = time.perf_counter() - started
-    ok = data.startswith(b"HTTP/1.1 200") and data.endswith(b"success")
-    return elapsed, ok
+    elapsed, data = exchange(port, raw)
+    return elapsed, data.startswith(b"HTTP/1.1 200") and data.endswith(b"success")
 
 
 def closed_loop(port, requests, concurrency, out):
