@@ -186,6 +186,18 @@ def _waiting(svc, openid):
         svc.redis.decr(key)
 
 
+def _wait_page(h, position, openid, seconds, get):
+    """`get()` once something is there, or what it gives after `seconds`: woken by the live hub's
+    notices for this shopper's page (after the event id `position`), never polling Redis in a loop."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = get()
+        left = deadline - time.monotonic()
+        if found or left <= 0:
+            return found
+        _, position = h.wait(position, lambda o, k: o == openid and k == "page", left)
+
+
 @bp.post("/chat")
 def chat():
     """`{"query", "msgid"?}` -> `{"reply", "source", "suggestions", "escalated", "id"}`.
@@ -228,17 +240,11 @@ def chat():
                 return _error("ERR_RATE_LIMITED", "two messages of yours are still being answered; retry", 429)
             svc.inbox.enqueue(inbound)
             svc.page.mark_active(openid)
-            deadline = time.monotonic() + svc.config.api_wait
-            while True:
-                result = svc.page.result(inbound["id"])
-                if result is not None:
-                    break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    log.info("page message %s not answered within api_wait", inbound["id"])
-                    return _error("ERR_AI_TIMEOUT", "the answer is late; it will arrive through /api/messages", 504,
-                                  id=inbound["id"])
-                _, after = h.wait(after, lambda o, k: o == openid and k == "page", left)
+            result = _wait_page(h, after, openid, svc.config.api_wait, lambda: svc.page.result(inbound["id"]))
+            if result is None:
+                log.info("page message %s not answered within api_wait", inbound["id"])
+                return _error("ERR_AI_TIMEOUT", "the answer is late; it will arrive through /api/messages", 504,
+                              id=inbound["id"])
     except redis.RedisError:
         return _error("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
     body = {"id": inbound["id"], "reply": result["reply"], "source": result["source"],
@@ -282,13 +288,9 @@ def messages():
             if slots().take():
                 try:
                     with _waiting(svc, openid) as allowed:
-                        h = hub()
-                        position = h.last_id()
-                        deadline = time.monotonic() + (wait if allowed else 0)
-                        while not found and deadline > time.monotonic():
-                            _, position = h.wait(position, lambda o, k: o == openid and k == "page",
-                                                 deadline - time.monotonic())
-                            found = svc.page.messages(openid, after)
+                        if allowed:
+                            h = hub()
+                            found = _wait_page(h, h.last_id(), openid, wait, lambda: svc.page.messages(openid, after))
                 finally:
                     slots().give()
     except redis.RedisError:
