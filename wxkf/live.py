@@ -20,10 +20,11 @@ import time
 
 import redis
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from .events import Hub
+from .pageapi import error_response
 
 bp = Blueprint("live", __name__)
 
@@ -110,11 +111,14 @@ def _agent(token):
     return None
 
 
-def _unavailable(message="live updates are served by `wxkf live` (live_bind), not by this process"):
-    resp = jsonify(error={"code": "ERR_UNAVAILABLE", "message": message})
-    resp.status_code = 503
+def _refused(code, message, status):
+    resp = error_response(code, message, status)
     resp.headers["Access-Control-Allow-Origin"] = "*"
     return resp
+
+
+def _unavailable(message="live updates are served by `wxkf live` (live_bind), not by this process"):
+    return _refused("ERR_UNAVAILABLE", message, 503)
 
 
 @bp.get("/console/events")
@@ -129,10 +133,7 @@ def console_events():
     except redis.RedisError:
         return _unavailable("Redis is unavailable; retry shortly")
     if name is None:
-        resp = jsonify(error={"code": "ERR_AUTH", "message": "ticket missing, expired or logged out; reload the page"})
-        resp.status_code = 401
-        resp.headers["Access-Control-Allow-Origin"] = "*"
-        return resp
+        return _refused("ERR_AUTH", "ticket missing, expired or logged out; reload the page", 401)
     watch = request.args.get("c") or None
     after = request.headers.get("Last-Event-ID") or request.args.get("after") or ""
     h = hub()

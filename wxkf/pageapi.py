@@ -36,9 +36,11 @@ LOGINS_PER_MINUTE = 30
 _CODE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
-def _error(code, message, status, **extra):
-    """The error body every page API answer uses: a stable code the page maps to its fallback."""
-    return jsonify(error={"code": code, "message": message}, **extra), status
+def error_response(code, message, status, **extra):
+    """The error body every page API and live answer uses: a stable code the page maps to its fallback."""
+    resp = jsonify(error={"code": code, "message": message}, **extra)
+    resp.status_code = status
+    return resp
 
 
 def _key(svc):
@@ -93,29 +95,29 @@ def session():
     data = request.get_json(silent=True)
     code = data.get("code") if isinstance(data, dict) else None
     if not isinstance(code, str) or not _CODE.fullmatch(code):
-        return _error("ERR_BAD_REQUEST", "code from wx.login is required", 400)
+        return error_response("ERR_BAD_REQUEST", "code from wx.login is required", 400)
     try:
         limit_key = keys.api_login_rate(request.remote_addr or "?", int(time.time() // 60))
         if svc.redis.incr(limit_key) > LOGINS_PER_MINUTE:
             if request.remote_addr in ("127.0.0.1", "::1") and not svc.config.trusted_proxies:
                 # Behind a proxy every shopper has the proxy's address: one client could stop all logins.
                 log.warning("page logins limited for %s: behind a proxy, set trusted_proxies", request.remote_addr)
-            return _error("ERR_RATE_LIMITED", "too many logins from this address; retry in a minute", 429)
+            return error_response("ERR_RATE_LIMITED", "too many logins from this address; retry in a minute", 429)
         svc.redis.expire(limit_key, 120)
         got = svc.sender.api.code2session(code)
     except redis.RedisError:
-        return _error("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
+        return error_response("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
     except WeChatApiError as exc:
         # 40029 invalid code, 40163 code already used, 45011 too frequent: the page logs in again.
         log.info("jscode2session refused the code: errcode %s", exc.errcode)
-        return _error("ERR_AUTH", f"wx.login code refused (errcode {exc.errcode}); call wx.login again", 401)
+        return error_response("ERR_AUTH", f"wx.login code refused (errcode {exc.errcode}); call wx.login again", 401)
     except WeChatError as exc:
         log.warning("jscode2session unreachable: %s", exc)
-        return _error("ERR_UNAVAILABLE", "WeChat could not be reached, retry shortly", 503)
+        return error_response("ERR_UNAVAILABLE", "WeChat could not be reached, retry shortly", 503)
     try:
         return jsonify(_issue(svc, got["openid"]))
     except redis.RedisError:
-        return _error("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
+        return error_response("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
 
 
 @bp.post("/session/refresh")
@@ -125,13 +127,13 @@ def refresh():
     try:
         found = verify(svc, _bearer())
         if found is None:
-            return _error("ERR_AUTH", "token missing, forged, expired or already refreshed; call wx.login again", 401)
+            return error_response("ERR_AUTH", "token missing, forged, expired or already refreshed; call wx.login again", 401)
         openid, sid = found
         if not svc.redis.delete(keys.api_session(sid)):  # two refreshes at once: only one wins
-            return _error("ERR_AUTH", "token already refreshed; call wx.login again", 401)
+            return error_response("ERR_AUTH", "token already refreshed; call wx.login again", 401)
         return jsonify(_issue(svc, openid))
     except redis.RedisError:
-        return _error("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
+        return error_response("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
 
 
 # -- chat -----------------------------------------------------------------------------------------
@@ -148,7 +150,7 @@ def _shopper(svc):
     """The openid of a valid Bearer token, or an error response."""
     found = verify(svc, _bearer())
     if found is None:
-        return None, _error("ERR_AUTH", "token missing, forged, expired or refreshed away; log in again", 401)
+        return None, error_response("ERR_AUTH", "token missing, forged, expired or refreshed away; log in again", 401)
     return found[0], None
 
 
@@ -208,28 +210,28 @@ def chat():
     from .live import is_live
     svc = current_app.extensions["wxkf"]
     if not is_live():
-        return _error("ERR_UNAVAILABLE", "chat is served by `wxkf live` (live_bind); point the page there", 503)
+        return error_response("ERR_UNAVAILABLE", "chat is served by `wxkf live` (live_bind); point the page there", 503)
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
-        return _error("ERR_BAD_REQUEST", 'a JSON body {"query": "..."} is required', 400)
+        return error_response("ERR_BAD_REQUEST", 'a JSON body {"query": "..."} is required', 400)
     query, msgid = data.get("query"), data.get("msgid")
     if not isinstance(query, str) or not query.strip():
-        return _error("ERR_BAD_REQUEST", "query must be non-empty text", 400)
+        return error_response("ERR_BAD_REQUEST", "query must be non-empty text", 400)
     try:
         query.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate from a broken client: not text
-        return _error("ERR_BAD_REQUEST", "query must be valid UTF-8 text", 400)
+        return error_response("ERR_BAD_REQUEST", "query must be valid UTF-8 text", 400)
     if len(query) > MAX_QUERY_CHARS:
-        return _error("ERR_TOO_LONG", f"query longer than {MAX_QUERY_CHARS} characters", 413)
+        return error_response("ERR_TOO_LONG", f"query longer than {MAX_QUERY_CHARS} characters", 413)
     if msgid is not None and not (isinstance(msgid, str) and _MSGID.fullmatch(msgid)):
-        return _error("ERR_BAD_REQUEST", "msgid: 8-64 letters, digits, '-' or '_'", 400)
+        return error_response("ERR_BAD_REQUEST", "msgid: 8-64 letters, digits, '-' or '_'", 400)
     try:
         openid, refused = _shopper(svc)
         if refused:
             return refused
         if _limited(svc, openid):
-            resp = _error("ERR_RATE_LIMITED", "too many messages; wait a minute", 429)
-            resp[0].headers["Retry-After"] = str(60 - int(time.time()) % 60)
+            resp = error_response("ERR_RATE_LIMITED", "too many messages; wait a minute", 429)
+            resp.headers["Retry-After"] = str(60 - int(time.time()) % 60)
             return resp
         inbound = _page_inbound(svc, openid, query.strip(), msgid)
         from .live import hub
@@ -237,16 +239,16 @@ def chat():
         after = h.last_id()  # taken before queueing: the answer's notice cannot slip past
         with _waiting(svc, openid) as allowed:
             if not allowed:  # not queued: the page sends it again later
-                return _error("ERR_RATE_LIMITED", "two messages of yours are still being answered; retry", 429)
+                return error_response("ERR_RATE_LIMITED", "two messages of yours are still being answered; retry", 429)
             svc.inbox.enqueue(inbound)
             svc.page.mark_active(openid)
             result = _wait_page(h, after, openid, svc.config.api_wait, lambda: svc.page.result(inbound["id"]))
             if result is None:
                 log.info("page message %s not answered within api_wait", inbound["id"])
-                return _error("ERR_AI_TIMEOUT", "the answer is late; it will arrive through /api/messages", 504,
+                return error_response("ERR_AI_TIMEOUT", "the answer is late; it will arrive through /api/messages", 504,
                               id=inbound["id"])
     except redis.RedisError:
-        return _error("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
+        return error_response("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
     body = {"id": inbound["id"], "reply": result["reply"], "source": result["source"],
             "suggestions": result["suggestions"], "escalated": result["escalated"]}
     resp = jsonify(body)
@@ -266,17 +268,17 @@ def messages():
     svc = current_app.extensions["wxkf"]
     after = request.args.get("after", "")
     if after and not valid_event_id(after):
-        return _error("ERR_BAD_REQUEST", "after: an id from an earlier answer", 400)
+        return error_response("ERR_BAD_REQUEST", "after: an id from an earlier answer", 400)
     try:
         wait = float(request.args.get("wait", 0))
     except ValueError:
         wait = -1.0
     if not math.isfinite(wait) or wait < 0:
-        return _error("ERR_BAD_REQUEST", "wait: seconds, 0-25", 400)
+        return error_response("ERR_BAD_REQUEST", "wait: seconds, 0-25", 400)
     wait = min(wait, POLL_SECONDS)
     if wait > 0 and not is_live():
         # Long polls wait; the sync workers that acknowledge WeChat never do. The page backs off.
-        return _error("ERR_UNAVAILABLE", "long polls are served by `wxkf live` (live_bind); point the page there", 503)
+        return error_response("ERR_UNAVAILABLE", "long polls are served by `wxkf live` (live_bind); point the page there", 503)
     try:
         openid, refused = _shopper(svc)
         if refused:
@@ -294,6 +296,6 @@ def messages():
                 finally:
                     slots().give()
     except redis.RedisError:
-        return _error("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
+        return error_response("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
     out = [dict(entry, id=entry_id) for entry_id, entry in found]
     return jsonify(messages=out, next=out[-1]["id"] if out else (after or "0-0"))
