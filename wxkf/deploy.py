@@ -8,15 +8,20 @@ requests. `wxkf nginx-conf` prints the block (tests/test_proxy.py runs nginx wit
 """
 
 
+_PROXY_HEADERS = """        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $remote_addr;
+        proxy_set_header X-Forwarded-Proto $scheme;"""
+"""Every location: keep-alive to gunicorn, and the client's address replacing any forged
+X-Forwarded-For (never appended to)."""
+
+
 def _live_location(match, extra=""):
     extra = f"\n        {extra}" if extra else ""
     return f"""    location {match} {{{extra}
         proxy_pass http://wxkf_live;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
-        proxy_set_header X-Forwarded-For $remote_addr;
-        proxy_set_header X-Forwarded-Proto $scheme;
+{_PROXY_HEADERS}
         proxy_request_buffering on;
         proxy_buffering off;
         proxy_cache off;
@@ -55,11 +60,7 @@ server {{
 
     location / {{
         proxy_pass http://wxkf;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host $host;
-        proxy_set_header X-Forwarded-For $remote_addr;
-        proxy_set_header X-Forwarded-Proto $scheme;
+{_PROXY_HEADERS}
         proxy_request_buffering on;    # the whole request first, then gunicorn
         proxy_buffering on;            # gunicorn hands the reply to nginx and is free at once
         proxy_connect_timeout 2s;
