@@ -236,3 +236,17 @@ def wait_for(predicate, timeout=20, interval=0.05):
             return value
         time.sleep(interval)
     return predicate()
+
+
+class WorkerDied(BaseException):
+    """The process ends here: nothing after it runs, nothing it kept in memory survives."""
+
+
+def die_after_sending(sender):
+    """`sender`'s next send reaches WeChat (or WeCom), then its process dies before recording it."""
+    real = sender.send
+
+    def send_then_die(message):
+        real(message)
+        raise WorkerDied()
+    sender.send = send_then_die

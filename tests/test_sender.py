@@ -10,6 +10,8 @@ from wxkf.errors import WeChatError, WeChatUnreachable
 from wxkf.wechat.api import WeChatAPI
 from wxkf.wechat.sender import Sender, pack, split_text
 
+from conftest import WorkerDied, die_after_sending
+
 OPENID = "o_sender_test"
 
 
@@ -207,10 +209,6 @@ def test_redis_lost_right_after_wechat_accepted_a_send_does_not_send_it_twice(sv
         proc.wait(10)
 
 
-class WorkerDied(BaseException):
-    """The process ends here: nothing after it runs, nothing it kept in memory survives."""
-
-
 def test_a_send_cut_by_a_dying_worker_is_not_sent_again_by_the_next(svc, sandbox, r):
     """WeChat took the reply, then the worker died (or lost its shard in a Redis failover) before
     recording it. Another worker, taking the push over, finds the part marked as being sent: the
@@ -218,12 +216,7 @@ def test_a_send_cut_by_a_dying_worker_is_not_sent_again_by_the_next(svc, sandbox
     for agents to check, as a timeout is (seen once in the Sentinel failover test: a reply sent twice)."""
     first = make_sender(svc, sandbox)
     shopper_writes(first, sandbox)
-    wechat_send = first.send
-
-    def send_then_die(message):
-        wechat_send(message)
-        raise WorkerDied()
-    first.send = send_then_die
+    die_after_sending(first)
     with pytest.raises(WorkerDied):
         first.deliver("cut", OPENID, ["只发一次"])
     assert len(sandbox.sends(OPENID)) == 1

@@ -12,7 +12,7 @@ from wxkf import keys
 from wxkf.errors import api_error
 from wxkf.wecom.sandbox import ACCOUNT, SERVICER
 
-from conftest import start_worker
+from conftest import WorkerDied, die_after_sending, start_worker
 from test_wecom import QUESTIONS, callback, replies_for, run_until_quiet
 from test_worker import push as mp_push
 
@@ -254,10 +254,6 @@ def test_a_send_msg_read_timeout_is_resent_under_the_same_msgid(svc, world, r, m
         f"reply lost; undelivered: {[e[1]['reason'] for e in r.xrange(keys.UNDELIVERED)]}"
 
 
-class _WorkerDied(BaseException):
-    """The process ends here: nothing it kept in memory survives."""
-
-
 def test_a_send_msg_cut_by_a_dying_worker_is_sent_again_under_the_same_msgid(svc, world, r):
     """WeCom took the reply, then the worker died before recording it. Unlike WeChat's send API
     (tests/test_sender.py), send_msg takes an idempotency key, so the worker taking the message over
@@ -271,13 +267,8 @@ def test_a_send_msg_cut_by_a_dying_worker_is_sent_again_under_the_same_msgid(svc
         worker.run_once(block_ms=50)
     before = len(world.sent_to(uid))
     first = KfSender(svc.redis, svc.kf.api, svc.metrics)
-    real = first.send
-
-    def send_then_die(message):
-        real(message)
-        raise _WorkerDied()
-    first.send = send_then_die
-    with pytest.raises(_WorkerDied):
+    die_after_sending(first)
+    with pytest.raises(WorkerDied):
         first.deliver("wk_cut", uid, ["可以开"])
     second = KfSender(svc.redis, svc.kf.api, svc.metrics)  # another process
     assert second.deliver("wk_cut", uid, ["可以开"]) == 1
