@@ -230,6 +230,25 @@ def test_a_send_cut_by_a_dying_worker_is_not_sent_again_by_the_next(svc, sandbox
     assert len(undelivered(r)) == 1
 
 
+def test_a_mark_no_replica_confirmed_does_not_lose_the_reply(svc, sandbox, r):
+    """`redis_replicas = 1` while the replica lags (here: there is none): the mark before the send is
+    not confirmed, so nothing is sent and the message stays unacknowledged. When it comes back and the
+    replica confirms, this process, which knows it never sent the part, sends it: the unconfirmed mark
+    must not read as a send cut by a crash."""
+    from wxkf.store import NotReplicated
+    sender = make_sender(svc, sandbox)
+    shopper_writes(sender, sandbox)
+    sender.replicas = 1
+    with pytest.raises(NotReplicated):
+        sender.deliver("lagging", OPENID, ["等副本确认"])
+    assert sandbox.sends(OPENID) == []
+    sender.replicas = 0  # the replica caught up (the embedded server has none to wait for)
+    assert sender.deliver("lagging", OPENID, ["等副本确认"]) == 1
+    assert [m["text"]["content"] for m in sandbox.sends(OPENID)] == ["等副本确认"]
+    assert undelivered(r) == []
+    assert sender.remaining(OPENID) == 4  # one message sent, one taken from the allowance
+
+
 def test_a_part_wechat_refused_is_sent_when_the_push_comes_back(svc, sandbox, r):
     """A refusal is certain (nothing reached the shopper): the part is not left marked as being sent,
     so the redelivered push sends it."""

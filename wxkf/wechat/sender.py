@@ -8,6 +8,8 @@ import json
 import logging
 import time
 
+import redis as redis_lib
+
 from .. import defaults, keys
 from ..store import REPLICA_WAIT_MS, NotReplicated
 from ..errors import QuotaExceeded, WeChatError, WeChatTimeout
@@ -128,6 +130,10 @@ class Sender:
         # {push_id: {field: value}}. Consulted before sending and written first once Redis is back,
         # so the redelivered message does not send the part again.
         self._unrecorded = {}
+        # Parts this process marked as being sent and knows it has not sent (the mark was not
+        # confirmed, or a refusal's mark could not be cleared): {(push_id, field)}. Its own mark
+        # is no sign of a send cut by a crash.
+        self._unsent = set()
 
     # -- the window ----------------------------------------------------------------------------
     def open_window(self, openid, trigger, at, push_id=None):
@@ -200,7 +206,7 @@ class Sender:
             done, cut = self.redis.hmget(key, field, SENDING + field)
             if done is not None:
                 continue
-            if cut is not None and not self.RESEND_INTERRUPTED:
+            if cut is not None and not self.RESEND_INTERRUPTED and (push_id, field) not in self._unsent:
                 # Another process was sending this part when it stopped (died, or lost its shard in a
                 # failover) before recording the outcome: the shopper may have it, and WeChat's send
                 # API has no idempotency key. Not sent again; recorded for agents, as a timeout is.
@@ -227,11 +233,17 @@ class Sender:
         if left <= 0:
             self._undelivered(push_id, openid, pending, "window_closed" if left < 0 else "quota_used")
             return False
-        self._mark_sending(push_id, field)
+        self._unsent.add((push_id, field))
+        try:
+            self._mark_sending(push_id, field)
+        except redis_lib.RedisError:
+            self._refund(openid)  # nothing sent: the allowance is taken again on the next try
+            raise
+        self._unsent.discard((push_id, field))
         try:
             self.send(message)
         except QuotaExceeded as exc:
-            self.redis.hdel(keys.sent(push_id), SENDING + field)  # refused: certainly not delivered
+            self._unmark(push_id, field)  # refused: certainly not delivered
             self._sync_quota(openid, exc.errcode)
             self._undelivered(push_id, openid, pending, f"errcode_{exc.errcode}")
             return False
@@ -243,7 +255,7 @@ class Sender:
             log.error("send to %s timed out; it may or may not have arrived, not resending: %s", openid, exc)
             return False
         except WeChatError as exc:
-            self.redis.hdel(keys.sent(push_id), SENDING + field)
+            self._unmark(push_id, field)
             self.redis.hincrby(keys.quota(openid), "used", -1)
             self._undelivered(push_id, openid, pending, f"errcode_{exc.errcode or 'network'}")
             raise
@@ -263,6 +275,19 @@ class Sender:
         got = pipe.execute()
         if self.replicas and int(got[-1]) < self.replicas:
             raise NotReplicated(f"send mark of {push_id} not confirmed by {self.replicas} replica(s)")
+
+    def _unmark(self, push_id, field):
+        """The part certainly did not reach the shopper: clear its mark, so a redelivery sends it. While
+        Redis cannot be told, this process remembers it."""
+        self._unsent.add((push_id, field))
+        self.redis.hdel(keys.sent(push_id), SENDING + field)
+        self._unsent.discard((push_id, field))
+
+    def _refund(self, openid):
+        try:
+            self.redis.hincrby(keys.quota(openid), "used", -1)
+        except redis_lib.RedisError:
+            log.warning("could not give back the allowance of an unsent part for %s", openid)
 
     def _record(self, push_id, field, value):
         """Mark a part sent. Remembered in this process first: if Redis fails now, the RedisError
