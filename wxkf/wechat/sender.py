@@ -266,19 +266,27 @@ class Sender:
         """Say, before the HTTP call, that this part is being sent: a process taking the push over
         after this one stops then knows the outcome is unknown. With `redis_replicas`, confirmed by the
         replicas first, so that a failover cannot lose the mark (the part is then not sent at all)."""
+        if not self.RESEND_INTERRUPTED:  # where a cut send is simply sent again, no mark is read
+            self._write(push_id, {SENDING + field: int(self.clock())}, "send mark")
+
+    def _write(self, push_id, fields, what):
+        """Write `fields` under the push's idempotency key, confirmed by `redis_replicas` replicas on
+        the same connection (else NotReplicated: a failover could lose it)."""
         key = keys.sent(push_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, SENDING + field, int(self.clock()))
+        pipe.hset(key, mapping=fields)
         pipe.expire(key, defaults.IDEMPOTENCY_TTL)
         if self.replicas:
             pipe.execute_command("WAIT", self.replicas, REPLICA_WAIT_MS)
         got = pipe.execute()
         if self.replicas and int(got[-1]) < self.replicas:
-            raise NotReplicated(f"send mark of {push_id} not confirmed by {self.replicas} replica(s)")
+            raise NotReplicated(f"{what} of {push_id} not confirmed by {self.replicas} replica(s)")
 
     def _unmark(self, push_id, field):
         """The part certainly did not reach the shopper: clear its mark, so a redelivery sends it. While
         Redis cannot be told, this process remembers it."""
+        if self.RESEND_INTERRUPTED:
+            return
         self._unsent.add((push_id, field))
         self.redis.hdel(keys.sent(push_id), SENDING + field)
         self._unsent.discard((push_id, field))
@@ -298,15 +306,7 @@ class Sender:
     def record_pending(self):
         """Write the sends Redis missed; raises RedisError while it is still away."""
         for push_id in list(self._unrecorded):
-            key = keys.sent(push_id)
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(key, mapping=self._unrecorded[push_id])
-            pipe.expire(key, defaults.IDEMPOTENCY_TTL)
-            if self.replicas:  # on the same connection: the record must survive a failover
-                pipe.execute_command("WAIT", self.replicas, REPLICA_WAIT_MS)
-            got = pipe.execute()
-            if self.replicas and int(got[-1]) < self.replicas:
-                raise NotReplicated(f"send record of {push_id} not confirmed by {self.replicas} replica(s)")
+            self._write(push_id, self._unrecorded[push_id], "send record")
             del self._unrecorded[push_id]
 
     def send(self, message):
