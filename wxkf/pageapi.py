@@ -127,7 +127,8 @@ def refresh():
     try:
         found = verify(svc, _bearer())
         if found is None:
-            return error_response("ERR_AUTH", "token missing, forged, expired or already refreshed; call wx.login again", 401)
+            return error_response("ERR_AUTH", "token missing, forged, expired or already refreshed; "
+                                  "call wx.login again", 401)
         openid, sid = found
         if not svc.redis.delete(keys.api_session(sid)):  # two refreshes at once: only one wins
             return error_response("ERR_AUTH", "token already refreshed; call wx.login again", 401)
@@ -245,8 +246,8 @@ def chat():
             result = _wait_page(h, after, openid, svc.config.api_wait, lambda: svc.page.result(inbound["id"]))
             if result is None:
                 log.info("page message %s not answered within api_wait", inbound["id"])
-                return error_response("ERR_AI_TIMEOUT", "the answer is late; it will arrive through /api/messages", 504,
-                              id=inbound["id"])
+                return error_response("ERR_AI_TIMEOUT", "the answer is late; it will arrive through /api/messages",
+                                      504, id=inbound["id"])
     except redis.RedisError:
         return error_response("ERR_UNAVAILABLE", "service unavailable, retry shortly", 503)
     body = {"id": inbound["id"], "reply": result["reply"], "source": result["source"],
@@ -278,7 +279,8 @@ def messages():
     wait = min(wait, POLL_SECONDS)
     if wait > 0 and not is_live():
         # Long polls wait; the sync workers that acknowledge WeChat never do. The page backs off.
-        return error_response("ERR_UNAVAILABLE", "long polls are served by `wxkf live` (live_bind); point the page there", 503)
+        return error_response("ERR_UNAVAILABLE", "long polls are served by `wxkf live` (live_bind); "
+                              "point the page there", 503)
     try:
         openid, refused = _shopper(svc)
         if refused:
