@@ -82,7 +82,7 @@ ESCALATION_WEIGHT = 1.5
 """How much more an escalation counts than a calm message in the fit (they are rare)."""
 
 
-def fit(X, y, l2=1.0, steps=400, lr=0.5, esc_weight=None):
+def fit(X, y, l2=1.0, steps=400, lr=0.5, esc_weight=ESCALATION_WEIGHT):
     """Multinomial logistic regression by gradient descent; returns (W, b, mean, std)."""
     mu, sd = X.mean(0), X.std(0) + 1e-6
     Z = (X - mu) / sd
@@ -90,7 +90,7 @@ def fit(X, y, l2=1.0, steps=400, lr=0.5, esc_weight=None):
     W = np.zeros((Z.shape[1], k))
     b = np.zeros(k)
     Y = np.eye(k)[y]
-    weights = np.where(y > 0, ESCALATION_WEIGHT if esc_weight is None else esc_weight, 1.0)[:, None]
+    weights = np.where(y > 0, esc_weight, 1.0)[:, None]
     for _ in range(steps):
         P = Z @ W + b
         P = np.exp(P - P.max(1, keepdims=True))
@@ -112,11 +112,11 @@ CLASSES = escalation.Reader.REASONS
 assert CLASSES[1:] == evaluate.REASONS
 
 
-def write(rows, l2):
+def write(rows, l2, weight):
     from wxkf.config import Config
     from wxkf.dialogue import model as model_mod
     X = np.stack([r[4] for r in rows])
-    W, b, mu, sd = fit(X, np.array([r[2] for r in rows]), l2=l2)
+    W, b, mu, sd = fit(X, np.array([r[2] for r in rows]), l2=l2, esc_weight=weight)
     identity = escalation.model_identity(model_mod.load(str(Config().model_path)))
     np.savez(escalation.READER_WEIGHTS, weights=W.astype(np.float32), bias=b.astype(np.float32),
              mean=mu.astype(np.float32), scale=sd.astype(np.float32), model=np.array(identity))
@@ -136,23 +136,19 @@ def main():
     l2 = float(args[0]) if args else 50.0
     cut = float(args[1]) if len(args) > 1 else escalation.READER_AT
     veto = next((float(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--veto=")), None)
-    global ESCALATION_WEIGHT
-    ESCALATION_WEIGHT = next((float(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--weight=")),
-                             ESCALATION_WEIGHT)
+    weight = next((float(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--weight=")), ESCALATION_WEIGHT)
     if "--write" in sys.argv:
-        return write(rows, l2)
+        return write(rows, l2, weight)
     dev_only = "--dev-only" in sys.argv  # the new trades measured, never trained on (the reader before them)
-    groups = {"development": lambda t: not t.startswith("+"), "reader-only trades": lambda t: t.startswith("+")}
-    group_totals = {g: np.zeros(7) for g in groups}
+    sums = {name: np.zeros(7) for name in ("all", "development", "reader-only trades")}
     print(f"l2={l2} cut={cut}")
     print(f"{'trade':12} {'rules rec':>9} {'probe rec':>9} {'either':>7} | {'calm esc r/p/e':>15} | {'ordinary esc r/p/e':>18}")
-    totals = np.zeros(7)
     for held in data:
         train = [r for r in rows if r[0] != held and not (dev_only and r[0].startswith("+"))]
         test = [r for r in rows if r[0] == held]
         X = np.stack([r[4] for r in train])
         y = np.array([r[2] for r in train])
-        model = fit(X, y, l2=l2)
+        model = fit(X, y, l2=l2, esc_weight=weight)
         P = predict(model, np.stack([r[4] for r in test]))
         probe = (1 - P[:, 0] >= cut) & ~np.array([escalation.defused(r[3].split("||")[-1]) for r in test])
         found = [escalation.detect(r[3].split("||")[-1]) for r in test]
@@ -167,16 +163,13 @@ def main():
             return f"{int(sel[mask].sum()):>3}"
         line = [esc.sum(), rules[esc].sum(), probe[esc].sum(), (rules | probe)[esc].sum(),
                 (rules | probe)[calm].sum(), (rules | probe)[ordinary].sum(), ordinary.sum()]
-        totals += line
-        for g, member in groups.items():
-            if member(held):
-                group_totals[g] += line + [0] * 0
+        for name in ("all", "reader-only trades" if held.startswith("+") else "development"):
+            sums[name] += line
         print(f"{held:12} {rules[esc].mean():9.2f} {probe[esc].mean():9.2f} {(rules | probe)[esc].mean():7.2f} | "
               f"{rate(calm, rules)}/{rate(calm, probe)}/{rate(calm, rules | probe)} of {calm.sum():>2} | "
               f"{rate(ordinary, rules)}/{rate(ordinary, probe)}/{rate(ordinary, rules | probe)} of {ordinary.sum():>3}")
 
-    for name, t in [("all", totals)] + list(group_totals.items()):
-        n, r, p, e, calm_e, ord_e, n_ord = t
+    for name, (n, r, p, e, calm_e, ord_e, n_ord) in sums.items():
         if n:
             print(f"{name:12} {r / n:9.2f} {p / n:9.2f} {e / n:7.2f} | either escalated {int(calm_e)} "
                   f"look-alikes, {int(ord_e)} of {int(n_ord)} ordinary")
