@@ -71,6 +71,24 @@ def test_session_cookie_is_httponly_and_samesite(client, accounts):
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
+def test_a_poll_in_flight_does_not_undo_what_a_form_just_did(client, accounts, builder, sandbox, svc):
+    """The open page polls while the agent clicks. A poll answered after the click must not send back
+    the session cookie it was sent, or it overwrites the one carrying the click's message (the
+    browser test saw '会话已解决' lost this way)."""
+    login(client)
+    escalate(client, builder, sandbox, "o_race")
+    token = csrf(client, "/console/c/o_race")
+    before = client.get_cookie("wxkf_session").value
+    assert client.post("/console/c/o_race/resolve", data={"csrf_token": token}).status_code == 302
+    after = client.get_cookie("wxkf_session").value
+    client.set_cookie("wxkf_session", before)  # the poll left before the click
+    poll = client.get("/console/api/c/o_race")
+    assert poll.status_code == 200 and "Set-Cookie" not in poll.headers
+    assert "Set-Cookie" not in client.get("/console/api/queue").headers
+    client.set_cookie("wxkf_session", after)
+    assert "会话已解决" in client.get("/console/c/o_race").get_data(as_text=True)
+
+
 def test_post_without_csrf_token_is_refused(client, accounts, builder, sandbox):
     login(client)
     escalate(client, builder, sandbox, "o_csrf")

@@ -337,7 +337,12 @@ def init_app(app, cfg):
     app.secret_key = cfg.console_secret or _persistent_secret(cfg)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       SESSION_COOKIE_SECURE=cfg.console_https, SESSION_COOKIE_NAME="wxkf_session",
-                      PERMANENT_SESSION_LIFETIME=12 * 3600)
+                      PERMANENT_SESSION_LIFETIME=12 * 3600,
+                      # The cookie is sent back only when the session changed. Refreshed on every
+                      # request, a poll answered after a click put back the cookie the poll had
+                      # carried, dropping the click's message. The login lasts 12 h from sign-in
+                      # anyway: the server-side session id is not extended.
+                      SESSION_REFRESH_EACH_REQUEST=False)
     app.jinja_env.filters.setdefault("datetime", lambda ts: time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)))
     from . import wording
     wording.install(app)
