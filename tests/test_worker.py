@@ -1,5 +1,6 @@
 """The worker in-process: decisions become sends, in order, once, and a crashed worker's messages survive."""
 import dataclasses
+import threading
 import time
 
 import pytest
@@ -226,10 +227,28 @@ def test_a_stopping_worker_finishes_the_message_in_hand_and_leaves_the_rest(fast
     assert sum(len(sandbox.sends(f"o_stop{i}")) for i in range(3)) == 1
     assert fast.inbox.stats()[0] == 2  # read, not acknowledged
     w.responder.decide = decide
-    w._stop.clear()
+    w._stopping = False
     w.shards.reread()  # a restarted worker re-reads its pending entries first
     drain(w)
     assert [len(sandbox.sends(f"o_stop{i}")) for i in range(3)] == [1, 1, 1]
+
+
+def test_stop_takes_no_lock_so_a_second_signal_cannot_deadlock_it(fast):
+    """stop() is the worker's SIGINT and SIGTERM handler, and a second signal runs it again inside
+    the first, wherever that one was. Ctrl-C then run.sh's SIGTERM caught the old stop() holding its
+    Event's lock and the nested call waited on it forever (seen with py-spy). Here another thread
+    holds that lock: stop() must return anyway, and the loop must end."""
+    w = make_worker(fast, "w_sig")
+    with w._stop._cond:
+        t = threading.Thread(target=w.stop, daemon=True)
+        t.start()
+        t.join(5)
+        assert not t.is_alive()
+    assert w.stopping
+    runner = threading.Thread(target=w.run, daemon=True)
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive() and w._stop.is_set()  # the heartbeat thread stops with it
 
 
 def test_the_worker_process_imports_no_flask_code():

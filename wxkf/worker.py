@@ -34,7 +34,8 @@ class Worker:
         self.responder = responder
         self.conversations = self.dispatcher.conversations
         self.shards = Shards(svc.inbox, svc.redis, self.name, self.cfg.lease_seconds, self.cfg.heartbeat_seconds)
-        self._stop = threading.Event()
+        self._stop = threading.Event()   # set once the main loop has ended: stops the heartbeat
+        self._stopping = False           # asked to stop (stop(), a signal)
         self._failing_since = None
         self._last_balance = 0.0
 
@@ -66,7 +67,7 @@ class Worker:
             entries = self.inbox.read(owned, self.name, block_ms=block_ms)
         handled = 0
         for shard, entry_id, inbound in entries:
-            if self._stop.is_set():
+            if self.stopping:
                 break  # stopping: what was read and not started stays pending for the next owner
             if self.shards.holds(shard):
                 self.dispatcher.handle(shard, entry_id, inbound)
@@ -128,17 +129,26 @@ class Worker:
         self._last_balance = time.monotonic()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         log.info("worker %s started, %d shards", self.name, len(self.shards.owned))
-        while not self._stop.is_set():
+        while not self.stopping:
             if self.step() is None:
-                self._stop.wait(1)
+                time.sleep(1)
+        self._stop.set()
         try:
             self.shards.release()
         except redis_lib.RedisError as exc:
             log.warning("could not release shard leases (%s); they expire in %ss", exc, self.cfg.lease_seconds)
         log.info("worker %s stopped", self.name)
 
+    @property
+    def stopping(self):
+        return self._stopping
+
     def stop(self, *_):
-        self._stop.set()
+        """Stop after the message in hand (the main loop ends within its 1 s read). It only sets a
+        flag, because it is the SIGTERM and SIGINT handler: a handler that takes a lock (an Event's
+        set()) deadlocks when a second signal interrupts it holding that lock, which Ctrl-C followed
+        by run.sh's SIGTERM did."""
+        self._stopping = True
 
 
 def build_responder(cfg):
