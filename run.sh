@@ -66,15 +66,31 @@ setup() {
 llama_version() { "$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))'; }
 
 PIDS=()
+# SIGTERM, and SIGKILL if the process has not stopped 30 s later (a worker finishes the message in
+# hand within seconds), so the script never hangs on the way out.
+stop_process() {
+  local pid=$1 n=0
+  kill "$pid" 2>/dev/null || return 0
+  while kill -0 "$pid" 2>/dev/null && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "process $pid did not stop within 30 s of SIGTERM; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
 cleanup() {
-  trap - INT TERM EXIT
+  # Ignored, not reset: a second Ctrl-C (or `timeout -s INT`, which signals the script and then its
+  # whole process group) would otherwise kill the script half-way, leaving Redis and the sandbox
+  # running. Each process below stops within seconds.
+  trap '' INT TERM
+  trap - EXIT
   if [ ${#PIDS[@]} -gt 0 ]; then
     say "stopping"
     # Newest first: the worker and web server finish with Redis still there; Redis stops last.
     local i
     for (( i=${#PIDS[@]}-1; i>=0; i-- )); do
-      kill "${PIDS[i]}" 2>/dev/null || true
-      wait "${PIDS[i]}" 2>/dev/null || true
+      stop_process "${PIDS[i]}"
     done
   fi
 }
