@@ -170,7 +170,7 @@ def test_an_agent_reply_wechat_refuses_is_said_in_the_transcript(client, account
     assert [m["text"]["content"] for m in sandbox.sends("o_refused")][1:] == []
     last = svc.handoffs.transcript("o_refused")[-1]
     assert last["role"] == "system" and "未送达" in last["text"]
-    assert any(e["push_id"] == "agent:r-x" for _, e in svc.redis.xrange("wxkf:undelivered"))
+    assert any(e["push_id"] == "agent:r-x" for _, e in svc.redis.xrange(keys.UNDELIVERED))
     run_worker(svc)  # said once, not on every round
     assert sum("未送达" in t["text"] for t in svc.handoffs.transcript("o_refused")) == 1
 
@@ -180,7 +180,7 @@ def test_an_agent_reply_taken_by_a_worker_that_died_is_sent_by_another_once(clie
     token = _escalated_and_claimed(client, builder, sandbox, svc, "o_died")
     client.post("/console/c/o_died/reply", data={"csrf_token": token, "reply_id": "r-d", "text": "稍等"})
     # A worker reads the entry and dies before sending: it stays pending under that worker's name.
-    svc.redis.xreadgroup("senders", "dead-worker", {"wxkf:outbox": ">"}, count=10)
+    svc.redis.xreadgroup("senders", "dead-worker", {keys.OUTBOX: ">"}, count=10)
     run_worker(svc)
     assert [m["text"]["content"] for m in sandbox.sends("o_died")][1:] == []  # not idle long enough yet
     svc.outbox.claim_idle_ms = 0  # as after a minute
@@ -216,7 +216,7 @@ def test_user_add_cli(svc, cfg):
 
 
 def test_passwords_are_hashed(svc, accounts):
-    stored = svc.redis.hget("wxkf:user:alice", "pw")
+    stored = svc.redis.hget(keys.user("alice"), "pw")
     assert "correct horse" not in stored and stored.startswith(("scrypt:", "pbkdf2:"))
 
 
@@ -367,7 +367,7 @@ def test_rollback_of_a_malformed_version_is_a_message_not_a_500(client, accounts
 def test_a_huge_username_leaves_only_a_small_key(client, accounts, r):
     token = csrf(client)
     client.post("/console/login", data={"name": "x" * 400_000, "password": "p", "csrf_token": token})
-    names = r.keys("wxkf:loginfail:*")
+    names = r.keys(keys.login_failures("*"))
     assert names and all(len(k) < 100 for k in names)
     assert all(len(v) < 100 for v in (r.get(k) for k in names))
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from wxkf import keys
 from wxkf.dialogue.conversation import ConversationStore
 from wxkf.dialogue.decision import Action, Conversation, Message
 from wxkf.dialogue.engine import DialogueEngine
@@ -113,13 +114,13 @@ def test_conversation_state_round_trips_through_redis_with_idle_expiry(r, engine
     again = store.load("o_state")
     assert again.pending == list(d.suggestions)
     assert again.turns[0] == {"role": "user", "text": "订单的事情", "intent": d.intent}
-    assert 7000 < r.ttl("wxkf:convo:o_state") <= 7200
+    assert 7000 < r.ttl(keys.conversation("o_state")) <= 7200
     for i in range(12):
         say(engine, again, f"问题{i}")
     store.save(again)
     assert len(store.load("o_state").turns) == 10  # the last 5 exchanges
-    assert len(r.get("wxkf:convo:o_state").encode()) < 1024
-    json.loads(r.get("wxkf:convo:o_state"))
+    assert len(r.get(keys.conversation("o_state")).encode()) < 1024
+    json.loads(r.get(keys.conversation("o_state")))
 
 
 # -- messages as customers write them ---------------------------------------------------------------

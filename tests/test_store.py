@@ -2,6 +2,7 @@
 import stat
 import time
 
+from wxkf import keys
 from wxkf.store import connect, start_embedded
 
 
@@ -11,7 +12,7 @@ def test_the_data_folder_and_files_are_readable_by_the_owner_only(tmp_path):
     proc = start_embedded(data)
     try:
         r = connect(f"unix://{data / 'redis.sock'}")
-        r.set("wxkf:token", "secret-access-token")
+        r.set(keys.token("wx1"), "secret-access-token")
         r.save()  # dump.rdb now; the AOF is written within a second
         deadline = time.monotonic() + 5
         while not (data / "appendonly.aof").exists() and time.monotonic() < deadline:

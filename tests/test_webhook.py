@@ -328,7 +328,7 @@ def test_healthz_and_metrics_never_scan_the_keyspace(client, r, svc):
     from wxkf import liveness
     pipe = r.pipeline(transaction=False)
     for i in range(5000):
-        pipe.set(f"wxkf:sent:p{i}", 1)
+        pipe.set(keys.sent(f"p{i}"), 1)
     pipe.execute()
     liveness.beat(r, "w1", 30)
     r.config_resetstat()

@@ -1,7 +1,7 @@
 """Change notices for live pages: the console's queue and transcripts, a Mini Program's chat page.
 
 Every transcript line and every change of who holds a conversation adds one entry to the Redis
-stream `wxkf:events` (`publish`): the conversation's id and what changed, never the text, so the
+stream `{wxkf}:events` (`publish`): the conversation's id and what changed, never the text, so the
 stream carries nothing a reader may not see. A page that is open learns of a change within
 milliseconds and fetches what it shows through the ordinary JSON endpoints.
 

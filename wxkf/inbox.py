@@ -18,7 +18,7 @@ import redis as redis_lib
 from . import defaults, keys
 from .agents.handoff import start_lua
 from .errors import BadSignature
-from .store import DELETE_IF_EQUAL, RENEW_IF_OWNER, REPLICA_WAIT_MS, NotReplicated, ensure_group
+from .store import DELETE_IF_EQUAL, RENEW_IF_OWNER, REPLICA_WAIT_MS, NotReplicated, ensure_group, is_cluster
 
 
 class Replayed(BadSignature):
@@ -68,8 +68,13 @@ class HotScript:
         self._conn = None
         self._pid = None
         self._lock = threading.Lock()
+        self._script = None
 
     def __call__(self, keys, args):
+        if is_cluster(self.redis):  # the cluster client finds the slot's node (and follows MOVED)
+            if self._script is None:
+                self._script = self.redis.register_script(self.source)
+            return self._script(keys=keys, args=args)
         with self._lock:
             for attempt in (1, 2):
                 if self._conn is None or self._pid != os.getpid():

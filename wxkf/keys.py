@@ -1,6 +1,19 @@
-"""Every Redis key wxkf uses, under the `wxkf:` namespace."""
+"""Every Redis key wxkf uses, under the `{wxkf}:` namespace.
 
-NS = "wxkf"
+The braces are a Redis Cluster hash tag: every key hashes to the slot of "wxkf", so each Lua script
+and transaction (a push's dedup, inbox entry, handoff and metrics in one step) stays on one node and
+the same code runs on one Redis, on Sentinel and on a cluster. On a cluster that node's replica
+takes over when it fails; wxkf's keys are not spread over the masters (one Redis master serves far
+more than a WeChat shop's traffic: docs/benchmarks.md).
+"""
+
+NS = "{wxkf}"
+
+LEGACY_NS = "wxkf"
+"""The namespace before the hash tag; `store.migrate_keys` renames such keys once."""
+
+SCHEMA = f"{NS}:schema"
+"""Set once the keys of an older wxkf (`wxkf:...`) were renamed into the tagged namespace."""
 
 
 def dedup(push_id):
@@ -67,6 +80,11 @@ def handoff(openid):
 
 HANDOFFS = f"{NS}:handoffs"
 """Sorted set of held shoppers, scored so higher priority and longer waiting come first."""
+
+
+def conversation(openid):
+    """JSON of the dialogue state: the last turns and pending suggestions (`ConversationStore`)."""
+    return f"{NS}:convo:{openid}"
 
 
 def transcript(openid):

