@@ -211,14 +211,40 @@ class Stack:
         raise AssertionError("stack never became healthy")
 
     def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(self.procs)
+
+
+def stop_all(procs):
+    """SIGTERM to every process, then SIGKILL to any still running 10 s later."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+class RedisServers:
+    """Real redis-server processes on loopback for a test (Sentinel, Cluster): `_start` spawns them
+    with `spawn`; a failed start leaves none behind."""
+
+    def __init__(self, tmp):
+        self.tmp, self.procs = tmp, []
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def spawn(self, argv):
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self):
+        stop_all(self.procs)
 
 
 @pytest.fixture

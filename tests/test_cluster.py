@@ -5,6 +5,7 @@ order. Also the one-time rename of an earlier wxkf's keys into the tagged namesp
 import itertools
 import logging
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -16,7 +17,7 @@ import redis
 import requests
 from redis.crc import key_slot
 
-from conftest import Stack, free_port, wait_for
+from conftest import RedisServers, Stack, free_port, wait_for
 from wxkf import config as config_mod, keys
 from wxkf.services import Services
 from wxkf.store import Cluster, connect, migrate_keys, redis_server_binary
@@ -35,8 +36,6 @@ def test_every_key_is_in_one_hash_slot():
 def test_cluster_urls_are_read_and_bad_ones_named():
     with pytest.raises(config_mod.ConfigError, match="cluster URL"):
         config_mod.load(env={}, redis_url="redis+cluster://10.0.0.1:7000/2")
-    with pytest.raises(config_mod.ConfigError, match="redis_replicas: not supported on a Redis Cluster"):
-        config_mod.load(env={}, redis_url="redis+cluster://10.0.0.1:7000", redis_replicas=1)
     cfg = config_mod.load(env={}, redis_url="rediss+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001")
     assert cfg.redis_url.startswith("rediss+cluster://")
 
@@ -68,48 +67,55 @@ def test_an_earlier_wxkfs_keys_are_renamed_once_and_nothing_is_lost(r, cfg, capl
     assert migrate_keys(r) == 0 and r.exists("wxkf:late")
 
 
-class RedisCluster3:
-    """Three masters on loopback, created with `redis-cli --cluster create`."""
+class RedisCluster3(RedisServers):
+    """Three masters on loopback, each with `replicas` replicas, created with `redis-cli --cluster create`."""
 
-    def __init__(self, tmp):
-        self.tmp, self.procs, self.ports = tmp, [], [_node_port() for _ in range(3)]
-        try:
-            self._start()
-        except BaseException:
-            self.stop()  # no redis-server left behind by a failed start
-            raise
+    def __init__(self, tmp, replicas=0):
+        self.replicas = replicas
+        super().__init__(tmp)
 
     def _start(self):
+        self.ports = [_node_port() for _ in range(3 * (1 + self.replicas))]
+        self.by_port = {}
         for port in self.ports:
             d = self.tmp / f"node{port}"
             d.mkdir()
             (d / "redis.conf").write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {d}\ncluster-enabled yes\ncluster-config-file nodes.conf\n"
                 "cluster-node-timeout 2000\nappendonly yes\nsave \"\"\n")
-            self.procs.append(subprocess.Popen([redis_server_binary(), str(d / "redis.conf")],
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                               start_new_session=True))
+            self.by_port[port] = self.spawn([redis_server_binary(), str(d / "redis.conf")])
         for port in self.ports:
             node = redis.Redis(port=port, socket_timeout=2)
             assert wait_for(lambda: _try(node.ping), timeout=20)
         cli = Path(redis_server_binary()).with_name("redis-cli")
         out = subprocess.run([str(cli), "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-                              "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=60)
+                              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                             capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
         for port in self.ports:
             node = redis.Redis(port=port, socket_timeout=2, decode_responses=True)
             assert wait_for(lambda: _try(lambda: node.cluster("info")["cluster_state"] == "ok"), timeout=30)
+        for port in self.ports:  # every replica has caught up with its master
+            node = redis.Redis(port=port, socket_timeout=2, decode_responses=True)
+            assert wait_for(lambda: _try(lambda: node.info("replication")["role"] == "master"
+                                         or node.info("replication")["master_link_status"] == "up"), timeout=30)
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
 
-    def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    def master_of(self, key):
+        """The port of the master serving `key`'s slot now, as a live node sees it; None while unsure."""
+        slot = key_slot(key.encode())
+        for port, proc in self.by_port.items():
+            if proc.poll() is not None:
+                continue
+            node = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+            for start, end, master, *_ in _try(lambda: node.execute_command("CLUSTER", "SLOTS")) or []:
+                if start <= slot <= end:
+                    return int(master[1])
+        return None
+
+    def kill(self, port):
+        self.by_port[port].send_signal(signal.SIGKILL)
+        self.by_port[port].wait(5)
 
 
 def _node_port():
@@ -225,6 +231,30 @@ def _console_on_the_cluster(url, stack, sandbox, builder):
     assert not svc.handoffs.held("o_cl_human")
 
 
+def test_on_a_cluster_a_push_no_replica_confirmed_is_not_acknowledged(sandbox, builder, tmp_path):
+    """`redis_replicas = 1` on masters without replicas: the push is queued on the slot's master but a
+    failover could lose it, so WeChat is told to send it again (503), as with one Redis."""
+    import dataclasses
+    from wxkf import create_app
+    from wxkf.store import NotReplicated
+    cluster = RedisCluster3(tmp_path)
+    try:
+        cfg = config_mod.load(env={}, redis_url=cluster.url, api_base=sandbox.url, wecom_api_base=sandbox.url,
+                              knowledge=str(Path(__file__).resolve().parent.parent / "knowledge"),
+                              plaintext_pushes=True, model_scoring=False, generation=False, redis_replicas=1)
+        svc = Services(cfg)
+        web = create_app(services=svc).test_client()
+        url, body = builder.request(builder.message("o_norep", text="你好", msg_id=4545), mode="plain")
+        assert web.post(url, data=body).status_code == 503
+        assert web.post(url, data=body).status_code == 503  # WeChat's retry: still not confirmed
+        with pytest.raises(NotReplicated):
+            svc.sender._write("p_norep", {"0": "ok"}, "send record")
+        plain = Services(dataclasses.replace(cfg, redis_replicas=0))
+        assert create_app(services=plain).test_client().post(url, data=body).status_code == 200
+    finally:
+        cluster.stop()
+
+
 def test_a_cluster_gone_away_is_a_503_and_the_notice_reader_lives_on(sandbox, builder, tmp_path):
     """No node reachable: WeChat is told to send the push again (503, as with one Redis), and the live
     process's notice reader keeps retrying (it died of redis-py's RedisClusterException before)."""
@@ -248,3 +278,68 @@ def test_a_cluster_gone_away_is_a_503_and_the_notice_reader_lives_on(sandbox, bu
         svc.redis.pipeline().hset(keys.METRICS, "x", 1).execute()
     time.sleep(1.5)  # the reader has met the outage by now
     assert hub._thread.is_alive() and not hub.connected
+
+
+@pytest.mark.slow
+def test_the_master_of_wxkfs_slot_killed_under_traffic_loses_and_repeats_nothing(sandbox, builder, tmp_path):
+    """Three masters with two replicas each and `redis_replicas = 1`: every acknowledged push and every
+    send record is on a replica before it counts, through the slot master's own connection. The master
+    holding wxkf's slot is killed under traffic: while no master serves the slot the webhook answers
+    503 so WeChat sends again, the cluster promotes a replica, and every acknowledged push is answered
+    exactly once."""
+    import os
+    cluster = RedisCluster3(tmp_path, replicas=2)
+    stack = None
+    try:
+        os.environ["WXKF_REDIS_REPLICAS"] = "1"
+        try:
+            stack = Stack(cluster.url, sandbox, tmp_path, web_workers=2)
+        finally:
+            del os.environ["WXKF_REDIS_REPLICAS"]
+        stack.start_worker("worker1")
+        stack.start_worker("worker2")
+        stack.wait_healthy(timeout=60)
+        acknowledged, refused, done = set(), [0], threading.Event()
+
+        def wechat(n):
+            """WeChat's side: each push is sent until acknowledged (it retries on anything but 200)."""
+            for i in range(n):
+                openid = f"o_clfail_{i}"
+                sandbox.state.interact(openid)
+                url, body = builder.request(builder.message(openid, text="能开发票吗", msg_id=800000 + i), mode="plain")
+                deadline = time.monotonic() + 180
+                while time.monotonic() < deadline:
+                    try:
+                        if requests.post(stack.url + url, data=body, timeout=5).status_code == 200:
+                            acknowledged.add(openid)
+                            break
+                        refused[0] += 1
+                    except requests.RequestException:
+                        refused[0] += 1
+                    time.sleep(0.2)
+                time.sleep(0.02)
+            done.set()
+
+        t = threading.Thread(target=wechat, args=(150,), daemon=True)
+        t.start()
+        assert wait_for(lambda: len(acknowledged) >= 40, timeout=60)
+        old = cluster.master_of(keys.NS)
+        cluster.kill(old)
+        assert wait_for(lambda: cluster.master_of(keys.NS) not in (None, old), timeout=60), "no failover"
+        t.join(400)
+        assert done.is_set() and len(acknowledged) == 150  # every push was acknowledged in the end
+        assert refused[0] > 0  # while no master served the slot the webhook said so, and WeChat sent again
+
+        def answered():
+            return {m["touser"] for m in sandbox.sends()}
+        assert wait_for(lambda: answered() >= acknowledged, timeout=120), sorted(acknowledged - answered())[:10]
+        time.sleep(2)  # anything sent twice would show by now
+        counts = {}
+        for m in sandbox.sends():
+            if m["msgtype"] == "text":
+                counts[m["touser"]] = counts.get(m["touser"], 0) + 1
+        assert {o: c for o, c in counts.items() if c != 1} == {}  # exactly once
+    finally:
+        if stack is not None:
+            stack.stop()
+        cluster.stop()

@@ -6,29 +6,21 @@ under traffic: while there is no master the webhook answers 503 so WeChat sends 
 find the promoted replica by themselves, and every acknowledged push is answered exactly once."""
 import os
 import signal
-import subprocess
 import threading
 import time
 
 import pytest
 import requests
 
-from conftest import Stack, free_port, wait_for
+from conftest import RedisServers, Stack, free_port, wait_for
 from wxkf.store import connect, redis_server_binary
 
 pytestmark = pytest.mark.slow
 
 
-class Sentinels:
-    def __init__(self, tmp):
-        self.tmp, self.procs = tmp, {}
-        try:
-            self._start()
-        except BaseException:
-            self.stop()  # no redis-server left behind by a failed start
-            raise
-
+class Sentinels(RedisServers):
     def _start(self):
+        self.named = {}
         self.master_port, self.replica_ports = free_port(), [free_port(), free_port()]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.ports = {"master": self.master_port}
@@ -59,15 +51,14 @@ class Sentinels:
         self._spawn(name, [redis_server_binary(), str(conf)])
 
     def _spawn(self, name, argv):
-        self.procs[name] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            start_new_session=True)
+        self.named[name] = self.spawn(argv)
 
     def kill_master(self):
         """Kill whichever server is the master now (a slow CI machine may have failed over already)."""
         port = int(self.master()[1])
         name = next(n for n, p in self.ports.items() if p == port)
-        self.procs[name].send_signal(signal.SIGKILL)
-        self.procs[name].wait(5)
+        self.named[name].send_signal(signal.SIGKILL)
+        self.named[name].wait(5)
         return self.master()
 
     def master(self):
@@ -77,16 +68,6 @@ class Sentinels:
             if got:
                 return tuple(str(x) for x in got)
         return ()
-
-    def stop(self):
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def _try(check):

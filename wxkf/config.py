@@ -182,14 +182,12 @@ def _validate(cfg, problems):
         if not re.match(r"https?://[^/]+", getattr(cfg, key)):
             problems.append(f"{key}: must be an http(s) URL")
     if cfg.redis_url and not re.match(r"(redis|rediss|unix|redis\+sentinel|rediss?\+cluster)://", cfg.redis_url):
-        problems.append("redis_url: must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://")
+        problems.append("redis_url: must start with redis://, rediss://, unix://, redis+sentinel:// or "
+                        "redis+cluster://")
     elif re.match(r"rediss?\+cluster://", cfg.redis_url):
         if not re.fullmatch(r"rediss?\+cluster://([^@/]*@)?[^/@,]+:\d+(,[^/@,]+:\d+)*/?", cfg.redis_url):
             problems.append("redis_url: a cluster URL is redis+cluster://[:password@]host1:7000,host2:7001 "
                             "(no database number: a cluster has only database 0)")
-        if cfg.redis_replicas:
-            problems.append("redis_replicas: not supported on a Redis Cluster (WAIT must follow the write on the "
-                            "same connection); set 0, or use one master with replicas through Sentinel")
     elif cfg.redis_url.startswith("redis+sentinel://") and not re.fullmatch(
             r"redis\+sentinel://([^@/]*@)?[^/@]+:\d+(,[^/@,]+:\d+)*/[A-Za-z0-9_.-]+(/\d+)?/?(\?.*)?", cfg.redis_url):
         problems.append("redis_url: a Sentinel URL is redis+sentinel://[:password@]host1:26379,host2:26379/MASTER[/DB]")

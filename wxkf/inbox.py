@@ -18,7 +18,8 @@ import redis as redis_lib
 from . import defaults, keys
 from .agents.handoff import start_lua
 from .errors import BadSignature
-from .store import DELETE_IF_EQUAL, RENEW_IF_OWNER, REPLICA_WAIT_MS, NotReplicated, ensure_group, is_cluster
+from .store import (DELETE_IF_EQUAL, RENEW_IF_OWNER, REPLICA_WAIT_MS, NotReplicated, ensure_group, is_cluster,
+                    on_one_connection)
 
 
 class Replayed(BadSignature):
@@ -71,10 +72,8 @@ class HotScript:
         self._script = None
 
     def __call__(self, keys, args):
-        if is_cluster(self.redis):  # the cluster client finds the slot's node (and follows MOVED)
-            if self._script is None:
-                self._script = self.redis.register_script(self.source)
-            return self._script(keys=keys, args=args)
+        if is_cluster(self.redis):
+            return self._on_cluster(keys, args)
         with self._lock:
             for attempt in (1, 2):
                 if self._conn is None or self._pid != os.getpid():
@@ -100,6 +99,20 @@ class HotScript:
                     self._conn.disconnect()
                     if attempt == 2:
                         raise
+
+
+    def _on_cluster(self, keys, args):
+        if not self.replicas:  # the cluster client finds the slot's master (and follows MOVED)
+            if self._script is None:
+                self._script = self.redis.register_script(self.source)
+            return self._script(keys=keys, args=args)
+        with on_one_connection(self.redis, keys[0]) as pipe:  # WAIT on the script's own connection
+            pipe.eval(self.source, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.replicas, REPLICA_WAIT_MS)
+            result, confirmed = pipe.execute()
+        if int(confirmed) < self.replicas:
+            raise NotReplicated(f"fewer than {self.replicas} replica(s) confirmed the write")
+        return result
 
 
 def shard_of(openid, shards):

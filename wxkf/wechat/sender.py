@@ -11,7 +11,7 @@ import time
 import redis as redis_lib
 
 from .. import defaults, keys
-from ..store import REPLICA_WAIT_MS, NotReplicated
+from ..store import REPLICA_WAIT_MS, NotReplicated, on_one_connection
 from ..errors import QuotaExceeded, WeChatError, WeChatTimeout
 
 log = logging.getLogger("wxkf.sender")
@@ -273,12 +273,12 @@ class Sender:
         """Write `fields` under the push's idempotency key, confirmed by `redis_replicas` replicas on
         the same connection (else NotReplicated: a failover could lose it)."""
         key = keys.sent(push_id)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, defaults.IDEMPOTENCY_TTL)
-        if self.replicas:
-            pipe.execute_command("WAIT", self.replicas, REPLICA_WAIT_MS)
-        got = pipe.execute()
+        with on_one_connection(self.redis, key) as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, defaults.IDEMPOTENCY_TTL)
+            if self.replicas:
+                pipe.execute_command("WAIT", self.replicas, REPLICA_WAIT_MS)
+            got = pipe.execute()
         if self.replicas and int(got[-1]) < self.replicas:
             raise NotReplicated(f"{what} of {push_id} not confirmed by {self.replicas} replica(s)")
 
