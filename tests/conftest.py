@@ -147,7 +147,7 @@ def free_port():
 class Stack:
     """gunicorn serving the webhook and wxkf workers, as run.sh starts them, against the sandbox."""
 
-    def __init__(self, redis_url, sandbox, tmp_path, web_workers=2, knowledge=None):
+    def __init__(self, redis_url, sandbox, tmp_path, web_workers=2, knowledge=None, env=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, WXKF_CONFIG=str(ROOT / "conf" / "wxkf.toml"), WXKF_REDIS_URL=redis_url,
@@ -156,7 +156,7 @@ class Stack:
                         WXKF_HEARTBEAT_SECONDS="0.5", WXKF_WEB_WORKERS=str(web_workers), PYTHONUNBUFFERED="1",
                         WXKF_GENERATION=os.environ.get("WXKF_TEST_GENERATION", "false"),
                         WXKF_MODEL_SCORING=os.environ.get("WXKF_TEST_MODEL_SCORING", "false"),
-                        WXKF_PLAINTEXT_PUSHES="true")
+                        WXKF_PLAINTEXT_PUSHES="true", **(env or {}))
         self.live_port = free_port()  # where console pages look for `wxkf live` (start_live)
         self.env["WXKF_LIVE_BIND"] = f"127.0.0.1:{self.live_port}"
         self.live_url = f"http://127.0.0.1:{self.live_port}"
@@ -245,6 +245,52 @@ class RedisServers:
 
     def stop(self):
         stop_all(self.procs)
+
+
+class InsistentWeChat(threading.Thread):
+    """WeChat's side of a failover test: `n` shoppers' pushes in turn, each sent until acknowledged
+    (WeChat retries on anything but 200), counting the refusals."""
+
+    def __init__(self, stack, builder, sandbox, prefix, first_msg_id, n=150):
+        super().__init__(daemon=True)
+        self.stack, self.builder, self.sandbox = stack, builder, sandbox
+        self.openids = [f"{prefix}{i}" for i in range(n)]
+        self.first_msg_id = first_msg_id
+        self.acknowledged, self.refused, self.done = set(), 0, threading.Event()
+
+    def run(self):
+        for i, openid in enumerate(self.openids):
+            self.sandbox.state.interact(openid)
+            url, body = self.builder.request(self.builder.message(openid, text="能开发票吗", msg_id=self.first_msg_id + i),
+                                             mode="plain")
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                try:
+                    if requests.post(self.stack.url + url, data=body, timeout=5).status_code == 200:
+                        self.acknowledged.add(openid)
+                        break
+                    self.refused += 1
+                except requests.RequestException:
+                    self.refused += 1
+                time.sleep(0.2)
+            time.sleep(0.02)
+        self.done.set()
+
+    def assert_each_answered_once(self):
+        """Every push was acknowledged in the end, and every acknowledged one answered exactly once."""
+        self.join(400)
+        assert self.done.is_set() and self.acknowledged == set(self.openids)
+
+        def answered():
+            return {m["touser"] for m in self.sandbox.sends()}
+        assert wait_for(lambda: answered() >= self.acknowledged, timeout=120), \
+            sorted(self.acknowledged - answered())[:10]
+        time.sleep(2)  # anything sent twice would show by now
+        counts = {}
+        for m in self.sandbox.sends():
+            if m["msgtype"] == "text":
+                counts[m["touser"]] = counts.get(m["touser"], 0) + 1
+        assert {o: c for o, c in counts.items() if c != 1} == {}  # exactly once
 
 
 @pytest.fixture

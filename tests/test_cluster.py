@@ -17,7 +17,7 @@ import redis
 import requests
 from redis.crc import key_slot
 
-from conftest import RedisServers, Stack, free_port, wait_for
+from conftest import InsistentWeChat, RedisServers, Stack, free_port, wait_for
 from wxkf import config as config_mod, keys
 from wxkf.services import Services
 from wxkf.store import Cluster, connect, migrate_keys, redis_server_binary
@@ -287,58 +287,21 @@ def test_the_master_of_wxkfs_slot_killed_under_traffic_loses_and_repeats_nothing
     holding wxkf's slot is killed under traffic: while no master serves the slot the webhook answers
     503 so WeChat sends again, the cluster promotes a replica, and every acknowledged push is answered
     exactly once."""
-    import os
     cluster = RedisCluster3(tmp_path, replicas=2)
     stack = None
     try:
-        os.environ["WXKF_REDIS_REPLICAS"] = "1"
-        try:
-            stack = Stack(cluster.url, sandbox, tmp_path, web_workers=2)
-        finally:
-            del os.environ["WXKF_REDIS_REPLICAS"]
+        stack = Stack(cluster.url, sandbox, tmp_path, env={"WXKF_REDIS_REPLICAS": "1"})
         stack.start_worker("worker1")
         stack.start_worker("worker2")
         stack.wait_healthy(timeout=60)
-        acknowledged, refused, done = set(), [0], threading.Event()
-
-        def wechat(n):
-            """WeChat's side: each push is sent until acknowledged (it retries on anything but 200)."""
-            for i in range(n):
-                openid = f"o_clfail_{i}"
-                sandbox.state.interact(openid)
-                url, body = builder.request(builder.message(openid, text="能开发票吗", msg_id=800000 + i), mode="plain")
-                deadline = time.monotonic() + 180
-                while time.monotonic() < deadline:
-                    try:
-                        if requests.post(stack.url + url, data=body, timeout=5).status_code == 200:
-                            acknowledged.add(openid)
-                            break
-                        refused[0] += 1
-                    except requests.RequestException:
-                        refused[0] += 1
-                    time.sleep(0.2)
-                time.sleep(0.02)
-            done.set()
-
-        t = threading.Thread(target=wechat, args=(150,), daemon=True)
-        t.start()
-        assert wait_for(lambda: len(acknowledged) >= 40, timeout=60)
+        wechat = InsistentWeChat(stack, builder, sandbox, "o_clfail_", 800000)
+        wechat.start()
+        assert wait_for(lambda: len(wechat.acknowledged) >= 40, timeout=60)
         old = cluster.master_of(keys.NS)
         cluster.kill(old)
         assert wait_for(lambda: cluster.master_of(keys.NS) not in (None, old), timeout=60), "no failover"
-        t.join(400)
-        assert done.is_set() and len(acknowledged) == 150  # every push was acknowledged in the end
-        assert refused[0] > 0  # while no master served the slot the webhook said so, and WeChat sent again
-
-        def answered():
-            return {m["touser"] for m in sandbox.sends()}
-        assert wait_for(lambda: answered() >= acknowledged, timeout=120), sorted(acknowledged - answered())[:10]
-        time.sleep(2)  # anything sent twice would show by now
-        counts = {}
-        for m in sandbox.sends():
-            if m["msgtype"] == "text":
-                counts[m["touser"]] = counts.get(m["touser"], 0) + 1
-        assert {o: c for o, c in counts.items() if c != 1} == {}  # exactly once
+        wechat.assert_each_answered_once()
+        assert wechat.refused > 0  # while no master served the slot the webhook said so, and WeChat sent again
     finally:
         if stack is not None:
             stack.stop()
