@@ -100,7 +100,6 @@ class HotScript:
                     if attempt == 2:
                         raise
 
-
     def _on_cluster(self, keys, args):
         if not self.replicas:  # the cluster client finds the slot's master (and follows MOVED)
             if self._script is None:

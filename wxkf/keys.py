@@ -3,8 +3,8 @@
 The braces are a Redis Cluster hash tag: every key hashes to the slot of "wxkf", so each Lua script
 and transaction (a push's dedup, inbox entry, handoff and metrics in one step) stays on one node and
 the same code runs on one Redis, on Sentinel and on a cluster. On a cluster that node's replica
-takes over when it fails; wxkf's keys are not spread over the masters (one Redis master serves far
-more than a WeChat shop's traffic: docs/benchmarks.md).
+takes over when it fails; wxkf's keys are not spread over the masters (the load report takes 500
+pushes/s through one Redis: docs/benchmarks.md).
 """
 
 NS = "{wxkf}"
