@@ -6,7 +6,7 @@ import time
 import pytest
 
 from wxkf import keys
-from conftest import start_worker
+from conftest import start_worker, wait_for
 
 
 @pytest.fixture
@@ -117,6 +117,39 @@ def test_shards_are_shared_between_workers(fast, r):
     b.balance()
     assert a.shards.owned and b.shards.owned and not (a.shards.owned & b.shards.owned)
     assert len(a.shards.owned) + len(b.shards.owned) == fast.inbox.shards
+
+
+def test_a_message_read_by_a_worker_that_just_lost_its_shard_is_answered_by_the_new_owner(fast, client, builder,
+                                                                                          sandbox, r):
+    """Redis away longer than a lease (a failover): another worker takes the shard while the old owner
+    still reads it. The old owner's read takes a message into its own pending list, then it learns the
+    lease is gone and leaves the message alone; the new owner, which took the shard's pending list
+    over before that, reads only new ones. CI's Cluster failover test lost a push this way. The owner
+    takes over what stays pending with another worker longer than two leases, and answers it."""
+    from wxkf.inbox import shard_of
+    old = make_worker(fast, "w_old")  # holds every shard
+    new = make_worker(fast, "w_new")
+    push(client, builder, sandbox, "o_lost", text="发票怎么开")
+    shard = shard_of("o_lost", fast.inbox.shards)
+    r.delete(keys.shard_lease(shard))  # the old owner's lease ran out
+    new.balance()
+    assert new.shards.holds(shard)
+    assert fast.inbox.read([shard], "w_old", block_ms=10)  # the old owner's read, in flight meanwhile
+    old.beat()
+    assert not old.shards.holds(shard)
+    drain(old)
+    drain(new)
+    assert sandbox.sends("o_lost") == []  # nobody reads it now: only a takeover can
+
+    def answered():
+        new.balance()
+        drain(new, rounds=1)
+        return sandbox.sends("o_lost")
+    assert wait_for(answered, timeout=15, interval=0.2)
+    time.sleep(0.5)
+    drain(old)
+    drain(new)
+    assert len(sandbox.sends("o_lost")) == 1 and "电子发票" in sandbox.sends("o_lost")[0]["text"]["content"]
 
 
 def test_a_broken_knowledge_edit_keeps_the_last_good_answers(fast, client, builder, sandbox, tmp_path):

@@ -174,15 +174,17 @@ class Inbox:
     def release_lease(self, shard, owner):
         self._release(keys=[keys.shard_lease(shard)], args=[owner])
 
-    def take_over_pending(self, shard, consumer):
-        """Move every pending entry of the shard to `consumer` (we hold the lease, so nobody else reads it)."""
-        start = "0-0"
+    def take_over_pending(self, shard, consumer, min_idle_ms=0):
+        """Move the shard's pending entries that have waited at least `min_idle_ms` to `consumer` (we
+        hold the lease, so nobody else reads it); returns how many moved."""
+        start, moved = "0-0", 0
         while True:
             reply = self.redis.execute_command("XAUTOCLAIM", keys.inbox(shard), keys.INBOX_GROUP, consumer,
-                                               0, start, "COUNT", 100, "JUSTID")
+                                               min_idle_ms, start, "COUNT", 100, "JUSTID")
             start = reply[0]
+            moved += len(reply[1])
             if start == "0-0" or not reply[1]:
-                return
+                return moved
 
     def read(self, shards, consumer, pending=False, block_ms=1000, count=10):
         """Entries for `consumer` from the given shards: its own pending ones, or new ones.

@@ -39,13 +39,23 @@ class Shards:
                     self.owned.discard(shard)
 
     def balance(self):
-        """Own about 1/N of the shards, N = live workers; take free ones, give back extras."""
+        """Own about 1/N of the shards, N = live workers; take free ones, give back extras; take over
+        what another worker left pending in an owned shard."""
         n = max(1, len(liveness.alive_workers(self.redis)))
         fair = math.ceil(self.inbox.shards / n)
         with self._lock:
             for shard in sorted(self.owned)[fair:]:
                 self.inbox.release_lease(shard, self.name)
                 self.owned.discard(shard)
+            # A worker whose lease ran out while it was reading (Redis away longer than a lease) can
+            # take an entry into its own pending list after this worker took the shard over; it then
+            # leaves it alone, and reading new entries never returns it. Two leases of waiting is
+            # long enough for a worker that did hold the shard to have finished the entry.
+            stale_ms = int(2 * self.lease_seconds * 1000)
+            for shard in sorted(self.owned):
+                if self.inbox.take_over_pending(shard, self.name, min_idle_ms=stale_ms):
+                    log.warning("took over messages another worker left pending on shard %d", shard)
+                    self.fresh.add(shard)
             for shard in range(self.inbox.shards):
                 if len(self.owned) >= fair:
                     break
