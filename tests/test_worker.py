@@ -293,3 +293,24 @@ def test_the_worker_process_imports_no_flask_code():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug', 'jinja2')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("idle, policy, nice", [(True, "SCHED_IDLE", 0), (False, "SCHED_OTHER", 10)])
+def test_the_worker_and_the_threads_it_starts_later_yield_the_cores_to_the_web_processes(idle, policy, nice):
+    """With `worker_idle` (the default) the worker takes Linux's idle CPU policy, so a web process
+    waking for a push gets a core at once; the model's threads, started after it, inherit it. With it
+    off, `worker_nice` lowers the priority. In a fresh interpreter: the change cannot be undone."""
+    import subprocess
+    import sys
+    code = ("import dataclasses, os, threading\n"
+            "from wxkf import config, worker\n"
+            f"cfg = dataclasses.replace(config.load(env={{}}), worker_idle={idle}, worker_nice=10)\n"
+            "before = os.nice(0)\n"
+            "print(worker.lower_priority(cfg))\n"
+            "seen = []\n"
+            "t = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(threading.get_native_id())))\n"
+            "t.start(); t.join()\n"
+            "names = {getattr(os, n): n for n in ('SCHED_OTHER', 'SCHED_IDLE', 'SCHED_BATCH')}\n"
+            "print(names[os.sched_getscheduler(0)], names[seen[0]], os.nice(0) - before)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == (["idle", policy, policy, str(nice)] if idle else ["nice", "10", policy, policy, str(nice)])

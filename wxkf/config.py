@@ -48,6 +48,7 @@ class Config:
     lease_seconds: float = defaults.LEASE_SECONDS
     heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS
     worker_nice: int = 10
+    worker_idle: bool = True
     typing: bool = True
     model_scoring: bool = True
     model_escalation: bool = True

@@ -170,13 +170,27 @@ def wait_for_redis(r, seconds=30):
             time.sleep(0.5)
 
 
+def lower_priority(cfg):
+    """Put this process, and every thread it starts later (the model's), below the web processes: on a
+    small box the model's threads would otherwise take the cores from the processes that must
+    acknowledge WeChat within 5 s (measured in docs/benchmarks.md). Returns what was done."""
+    if cfg.worker_idle and hasattr(os, "sched_setscheduler"):
+        try:
+            # Linux's SCHED_IDLE: a core only when no ordinary process wants it, and given up the moment
+            # one wakes (a nice level still waits for the scheduler's wake-up granularity).
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "idle"
+        except OSError as exc:
+            log.warning("worker_idle: cannot use the idle CPU policy (%s); using worker_nice", exc)
+    if cfg.worker_nice:
+        os.nice(cfg.worker_nice)
+        return f"nice {cfg.worker_nice}"
+    return "normal"
+
+
 def main(svc):
     from .errors import KnowledgeError
-    if svc.config.worker_nice:
-        # Below the web processes: on a small box the model's threads would otherwise take the cores
-        # from the workers that must acknowledge WeChat within 5 s (measured in docs/benchmarks.md).
-        os.nice(svc.config.worker_nice)
-        log.info("worker runs at nice %d (worker_nice)", svc.config.worker_nice)
+    log.info("worker CPU priority: %s (worker_idle, worker_nice)", lower_priority(svc.config))
     wait_for_redis(svc.redis)
     migrate_keys(svc.redis)  # Redis may have been down when the services were built
     try:
