@@ -78,6 +78,30 @@ def test_transinfo_names_the_configured_agent(cfg, sandbox, r, builder):
     assert xmltodict.parse(resp.data)["xml"]["TransInfo"]["KfAccount"] == "kf001@shop"
 
 
+@pytest.mark.parametrize("reading, text, at_once", [
+    (True, "转人工", True),
+    (True, "我朋友在房间里晕倒了", True),
+    (True, "你们前台态度太差了 我要投诉", False),
+    (True, "气死我了", False),
+    (True, "我急用 今天能发货吗", True),
+    (False, "你们前台态度太差了 我要投诉", True),
+    (False, "我急用 今天能发货吗", True),
+])
+def test_the_webhook_hands_over_at_once_only_what_the_reading_may_never_overrule(cfg, r, sandbox, builder, reading,
+                                                                                  text, at_once):
+    """With the model's reading on (the default), a complaint or anger cue word is queued for the
+    worker, whose reading decides (a calm message stays with the bot); a request for a person or
+    urgency is handed over in the push's own answer. With the reading off, every rule is."""
+    c = dataclasses.replace(cfg, api_base=sandbox.url, model_scoring=reading, model_escalation=reading)
+    client = create_app(services=Services(c, redis=r)).test_client()
+    resp, _, _ = send(client, builder, sandbox, "o_at_once", text=text)
+    if at_once:
+        assert xmltodict.parse(resp.data)["xml"]["MsgType"] == "transfer_customer_service"
+    else:
+        assert resp.data == b"success"
+        assert r.exists(keys.handoff("o_at_once")) == 0
+
+
 def test_plain_questions_and_lookalikes_are_not_transferred(client, builder, sandbox):
     for text in ("发票怎么开", "不急 慢慢来", "我不投诉 就问问"):
         resp, _, _ = send(client, builder, sandbox, "o_calm", text=text)

@@ -183,6 +183,30 @@ def test_the_default_worker_reads_with_the_model_and_answers_another_trade(fast,
         "回复数字" in sent[0]["text"]["content"]
 
 
+def test_a_complaint_word_is_weighed_by_the_workers_reading_before_anyone_is_handed_over(fast, client, builder,
+                                                                                         sandbox):
+    """The default configuration: the webhook leaves complaint words to the worker, whose reading of
+    the message decides. Praise of the front desk ("态度超好", the complaint cue 前台…态度) is answered
+    by the bot; a rude front desk is handed to a human, told so once, and the bot then stays silent."""
+    from pathlib import Path
+    hotel = Path(__file__).resolve().parent / "eval" / "trades" / "hotel" / "knowledge"
+    fast.config = dataclasses.replace(fast.config, model_scoring=True, knowledge=str(hotel))
+    w = make_worker(fast, "w1")
+    kb = w.responder.understanding().kb
+    push(client, builder, sandbox, "o_praise", text="你们前台小姐姐态度超好👍 停车能抵多久")
+    push(client, builder, sandbox, "o_rude", text="前台态度太差了 叫了半天没人理")
+    assert not fast.handoffs.held("o_praise") and not fast.handoffs.held("o_rude")  # nothing decided at the push
+    drain(w)
+    assert not fast.handoffs.held("o_praise")
+    praise = [m["text"]["content"] for m in sandbox.sends("o_praise")]
+    assert len(praise) == 1 and praise[0] != kb.escalation_reply
+    assert fast.handoffs.held("o_rude") and fast.handoffs.get("o_rude")["reason"] == "complaint"
+    assert [m["text"]["content"] for m in sandbox.sends("o_rude")] == [kb.escalation_reply]
+    push(client, builder, sandbox, "o_rude", text="人呢")
+    drain(w)
+    assert len(sandbox.sends("o_rude")) == 1
+
+
 def test_a_worker_starts_on_the_last_good_knowledge_when_the_files_are_broken(fast, client, builder, sandbox, tmp_path):
     import shutil
     from pathlib import Path

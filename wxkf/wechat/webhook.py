@@ -128,7 +128,13 @@ def receive():
 
 
 def _escalation(svc, inbound):
-    """(reason, priority) when the message itself needs a human, decided inside the push's time budget."""
+    """(reason, priority) when the message itself needs a human, decided inside the push's time budget.
+
+    With the model's reading on (`model_escalation`), only what the reading may never overrule is
+    decided here: an explicit request for a person and an emergency. A complaint or anger cue word is
+    left to the worker, whose reading keeps "你们前台小姐姐态度超好👍 停车能抵多久" with the bot and
+    hands "你们前台态度太差了" to a human a fraction of a second later; started here, the handoff
+    would silence the bot before the reading could say the message is calm."""
     fields = inbound["fields"]
     text = fields.get("Content") or (fields.get("Recognition") if inbound["type"] == "voice" else "")
     if not text:
@@ -138,7 +144,8 @@ def _escalation(svc, inbound):
     except KnowledgeError as exc:  # no good knowledge base yet: the built-in rules still apply
         log.error("escalation keywords unavailable: %s", exc)
         extra = ()
-    found = escalation.detect(text, extra)
+    reading = svc.config.model_scoring and svc.config.model_escalation
+    found = escalation.detect(text, extra, skip=escalation.VETOABLE if reading else ())
     return (found.reason, found.priority) if found else None
 
 
