@@ -124,7 +124,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--with-worker", action="store_true",
                     help="a wxkf worker (model on) answers a backlog of pushes through the sandbox meanwhile")
-    ap.add_argument("--worker-nice", type=int, default=None, help="the worker's nice (default: worker_nice)")
+    ap.add_argument("--worker-nice", type=int, default=None,
+                    help="the worker's nice (default: worker_nice; applies with WXKF_WORKER_IDLE=false)")
     ap.add_argument("--backlog", type=int, default=20000, help="pushes queued for the worker before measuring")
     args = ap.parse_args()
 
@@ -236,8 +237,9 @@ def main():
         print(json.dumps(rows, ensure_ascii=False))
         if args.with_worker:
             rate = (len(state.messages) - answered_at_start) / (time.monotonic() - started_measuring)
-            print(f"meanwhile the worker (nice {env.get('WXKF_WORKER_NICE', cfg.worker_nice)}) answered "
-                  f"{rate:.1f} messages/s")
+            idle = config_mod.load(env=env).worker_idle
+            priority = "SCHED_IDLE" if idle else f"nice {env.get('WXKF_WORKER_NICE', cfg.worker_nice)}"
+            print(f"meanwhile the worker ({priority}) answered {rate:.1f} messages/s")
     finally:
         for p in procs:
             p.terminate()

@@ -131,7 +131,7 @@ def _escalation(svc, inbound):
     """(reason, priority) when the message itself needs a human, decided inside the push's time budget.
 
     With the model's reading on (`model_escalation`), only what the reading may never overrule is
-    decided here: an explicit request for a person and an emergency. A complaint or anger cue word is
+    decided here: an explicit request for a person, and urgency. A complaint or anger cue word is
     left to the worker, whose reading keeps "你们前台小姐姐态度超好👍 停车能抵多久" with the bot and
     hands "你们前台态度太差了" to a human a fraction of a second later; started here, the handoff
     would silence the bot before the reading could say the message is calm."""
