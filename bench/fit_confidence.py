@@ -81,6 +81,31 @@ def features(row, k, w):
     return top, np.array([1.0, margin, pmi, row["lex"][top]])
 
 
+def answer_counts(rows, theta, feats, threshold, pmi_floor):
+    """What the two-pass pipeline does at an answer threshold: (right answers, wrong answers,
+    out-of-scope questions answered, in-scope cases, out-of-scope cases). `feats(row, k)` gives the
+    best of k candidates and its calibration features (margin, PMI, lexical, ...)."""
+    cal = CALIBRATION
+    right = wrong = oos = ins = nones = 0
+    for r in rows:
+        top, f = feats(r, cal.first_candidates)
+        conf = 1 / (1 + np.exp(-f @ theta))
+        if conf < cal.widen_below:
+            top, f = feats(r, cal.max_candidates)
+            conf = 1 / (1 + np.exp(-f @ theta))
+        if f[2] < pmi_floor or f[3] < cal.lexical_floor:
+            conf = min(conf, cal.out_of_scope_cap)
+        answered = conf >= threshold
+        if r["label"] == "none":
+            nones += 1
+            oos += answered
+        else:
+            ins += 1
+            right += answered and top == r["label"]
+            wrong += answered and top != r["label"]
+    return right, wrong, oos, ins, nones
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default=str(ROOT / "var" / "fit-cache"))
@@ -122,23 +147,7 @@ def main():
     best = None
     for floor in (-9, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5):
         for th in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8):
-            right = wrong = oos = ins = nones = 0
-            for r in rows:
-                top, f = features(r, cal.first_candidates, w)
-                conf = 1 / (1 + np.exp(-f @ theta))
-                if conf < cal.widen_below:
-                    top, f = features(r, cal.max_candidates, w)
-                    conf = 1 / (1 + np.exp(-f @ theta))
-                if f[2] < floor or f[3] < cal.lexical_floor:
-                    conf = min(conf, cal.out_of_scope_cap)
-                answered = conf >= th
-                if r["label"] == "none":
-                    nones += 1
-                    oos += answered
-                else:
-                    ins += 1
-                    right += answered and top == r["label"]
-                    wrong += answered and top != r["label"]
+            right, wrong, oos, ins, nones = answer_counts(rows, theta, lambda r, k: features(r, k, w), th, floor)
             figs = (right / ins, wrong / ins, oos / max(1, nones))
             ok = figs[1] <= 0.03 and figs[2] <= 0.10
             if ok and (best is None or figs[0] > best[2][0]):

@@ -22,7 +22,7 @@ from wxkf.dialogue import model as model_mod
 from wxkf import config as config_mod
 from wxkf.dialogue.understand import CALIBRATION as cal
 from fit_lexical import fit
-from fit_confidence import features
+from fit_confidence import answer_counts, features
 DEV = ROOT / "tests/eval/trades"
 out_path = ROOT / "var" / "fit-cache" / "direct.json"
 llm = model_mod.load(config_mod.load(env={}).model_path)
@@ -83,24 +83,7 @@ def simulate(train, test, extra):
     theta = fit(np.array(X), np.array(y), steps=3000, lr=0.1, l2=1e-3)
     res = {}
     for th in np.arange(0.5, 0.96, 0.025):
-        right = wrong = oos = n_in = n_out = 0
-        for r in test:
-            top, f = feats(r, cal.first_candidates, extra)
-            conf = 1 / (1 + np.exp(-f @ theta))
-            if conf < cal.widen_below:
-                top, f = feats(r, cal.max_candidates, extra)
-                conf = 1 / (1 + np.exp(-f @ theta))
-            if f[2] < 0.3 or f[3] < cal.lexical_floor:
-                conf = min(conf, cal.out_of_scope_cap)
-            a = conf >= th
-            if r["label"] == "none":
-                n_out += 1
-                oos += a
-            else:
-                n_in += 1
-                right += a and top == r["label"]
-                wrong += a and top != r["label"]
-        res[round(th, 3)] = (right, wrong, oos, n_in, n_out)
+        res[round(th, 3)] = answer_counts(test, theta, lambda r, k: feats(r, k, extra), th, 0.3)
     return res
 
 
