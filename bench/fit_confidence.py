@@ -81,6 +81,19 @@ def features(row, k, w):
     return top, np.array([1.0, margin, pmi, row["lex"][top]])
 
 
+def training_set(rows, feats):
+    """The calibration's training data: each case's best candidate at both passes (first and
+    widened), its features, and whether it is the expected intent. `feats(row, k)` as in
+    answer_counts."""
+    X, y = [], []
+    for r in rows:
+        for k in (CALIBRATION.first_candidates, CALIBRATION.max_candidates):
+            top, f = feats(r, k)
+            X.append(f)
+            y.append(float(top == r["label"]))
+    return np.array(X), np.array(y)
+
+
 def answer_counts(rows, theta, feats, threshold, pmi_floor):
     """What the two-pass pipeline does at an answer threshold: (right answers, wrong answers,
     out-of-scope questions answered, in-scope cases, out-of-scope cases). `feats(row, k)` gives the
@@ -126,13 +139,7 @@ def main():
                      order=[x.intent_id for x in lex])
             rows.append(r)
     w = cal.lexical_weight
-    X, y = [], []
-    for r in rows:
-        for k in (cal.first_candidates, cal.max_candidates):
-            top, f = features(r, k, w)
-            X.append(f)
-            y.append(float(top == r["label"]))
-    X, y = np.array(X), np.array(y)
+    X, y = training_set(rows, lambda r, k: features(r, k, w))
     theta = fit(X, y, steps=4000, lr=0.1, l2=1e-3)
     print("fitted: bias=%.3f margin=%.3f pmi=%.3f lexical=%.3f" % tuple(theta))
     print(f"{len(rows)} cases from {', '.join(trades)}")

@@ -22,7 +22,7 @@ from wxkf.dialogue import model as model_mod
 from wxkf import config as config_mod
 from wxkf.dialogue.understand import CALIBRATION as cal
 from fit_lexical import fit
-from fit_confidence import answer_counts, features
+from fit_confidence import answer_counts, features, training_set
 DEV = ROOT / "tests/eval/trades"
 out_path = ROOT / "var" / "fit-cache" / "direct.json"
 llm = model_mod.load(config_mod.load(env={}).model_path)
@@ -74,13 +74,7 @@ def feats(r, k, extra):
 
 
 def simulate(train, test, extra):
-    X, y = [], []
-    for r in train:
-        for k in (cal.first_candidates, cal.max_candidates):
-            top, f = feats(r, k, extra)
-            X.append(f)
-            y.append(float(top == r["label"]))
-    theta = fit(np.array(X), np.array(y), steps=3000, lr=0.1, l2=1e-3)
+    theta = fit(*training_set(train, lambda r, k: feats(r, k, extra)), steps=3000, lr=0.1, l2=1e-3)
     res = {}
     for th in np.arange(0.5, 0.96, 0.025):
         res[round(th, 3)] = answer_counts(test, theta, lambda r, k: feats(r, k, extra), th, 0.3)
