@@ -44,7 +44,7 @@ def main(mode="plain", n=8000):
                 samples.setdefault(name, []).append(time.perf_counter_ns() - started)
         return wrapper
 
-    webhook.read_body = timed("read body", webhook.read_body)
+    webhook.read_limited = timed("read body", webhook.read_limited)
     webhook.decode_push = timed("verify+decrypt+parse", webhook.decode_push)
     webhook.push.to_inbound = timed("build record", push.to_inbound)
     svc.inbox.enqueue = timed("dedup+enqueue (Redis)", svc.inbox.enqueue)

@@ -346,3 +346,41 @@ def test_ops_endpoints_can_require_a_token(cfg, r, sandbox):
         assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get(path, headers={"Authorization": "Bearer ops-s3cret"}).status_code in (200, 503)
     assert c.get("/metrics", headers={"Authorization": "Bearer ops-s3cret"}).status_code == 200
+
+
+def test_an_unexpected_error_in_the_push_handler_is_500_logged_and_not_acknowledged(client, builder, svc, r,
+                                                                                     caplog, monkeypatch):
+    """A push is handled in front of Flask: a bug there must still answer 500 (WeChat retries the
+    push, so nothing is lost), log its traceback, and leave the next push unaffected."""
+    def broken(*a, **k):
+        raise ValueError("a bug")
+    monkeypatch.setattr(svc.inbox, "enqueue", broken)
+    url, body = builder.request(builder.message("o1", text="我的快递到哪了"))
+    with caplog.at_level("ERROR"):
+        resp = client.post(url, data=body)
+    assert resp.status_code == 500 and resp.data == b"internal error"
+    assert any(rec.exc_info and "a bug" in str(rec.exc_info[1]) for rec in caplog.records)
+    monkeypatch.undo()
+    resp = client.post(url, data=body)  # WeChat's retry of the same push
+    assert resp.status_code == 200 and resp.data == b"success"
+    assert queued(r) == 1
+
+
+def test_each_push_time_reaches_the_latency_histogram_after_the_answer(client, builder, svc):
+    for i in range(3):
+        url, body = builder.request(builder.message(f"o{i}", text="在吗"))
+        with client.post(url, data=body) as resp:  # closed, as a WSGI server closes every answer
+            assert resp.data == b"success"
+    svc.metrics.flush()  # the handler flushes once a second; the test does not wait for it
+    text = client.get("/metrics").get_data(as_text=True)
+    assert re.search(r"^wxkf_push_seconds_count 3$", text, re.M), text
+
+
+def test_the_first_of_a_repeated_query_parameter_is_the_one_checked(client, builder, r):
+    """As Flask's request.args.get: a second `signature` appended to a signed URL changes nothing,
+    and a forged first one is refused."""
+    url, body = builder.request(builder.message("o1", text="hi"))
+    assert client.post(url + "&signature=0000", data=body).status_code == 200
+    forged = url.replace("signature=", "signature=0000&signature=", 1)
+    assert client.post(forged, data=body).status_code == 403
+    assert queued(r) == 1

@@ -32,6 +32,7 @@ def create_app(config=None, services=None, role="web"):
         from werkzeug.middleware.proxy_fix import ProxyFix
         n = svc.config.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=0)
+    app.wsgi_app = webhook.wsgi(app.wsgi_app, svc)  # pushes skip Flask's per-request machinery
 
     @app.errorhandler(Exception)
     def _unexpected(exc):

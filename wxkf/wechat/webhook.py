@@ -1,16 +1,23 @@
 """`/wechat`: the push URL for Mini Programs and Official Accounts.
 
-The view only verifies, decrypts, deduplicates and queues; its work is a few Redis-free CPU steps
-plus one atomic Redis script, so WeChat gets its `success` within milliseconds whatever the model
-is doing (protocol ref. 1.9: 5 s deadline, up to 3 retries).
+The push handler only verifies, decrypts, deduplicates and queues; its work is a few Redis-free CPU
+steps plus one atomic Redis script, so WeChat gets its `success` within milliseconds whatever the
+model is doing (protocol ref. 1.9: 5 s deadline, up to 3 retries).
+
+A push is answered by a plain WSGI handler in front of Flask (`wsgi`): the request and application
+contexts, the session interface, URL matching and the response object cost as much CPU per push as
+the Redis round trip, and a push needs none of them. Every other request, the URL verification GET
+included, goes to Flask.
 """
 import hashlib
 import logging
 import re
 import time
+from urllib.parse import parse_qsl
 
 import redis
 from flask import Blueprint, current_app, request
+from werkzeug.wsgi import get_input_stream
 
 from ..errors import BadPush, BadSignature, KnowledgeError, PushError, PushTooLarge
 from ..dialogue import escalation
@@ -18,21 +25,28 @@ from . import push, replies
 
 log = logging.getLogger("wxkf.webhook")
 bp = Blueprint("wechat", __name__)
+PATH = "/wechat"
+_TEXT = "text/plain; charset=utf-8"
 
 
 def _plain(body, status=200):
-    return body, status, {"Content-Type": "text/plain; charset=utf-8"}
+    return body, status, {"Content-Type": _TEXT}
 
 
-def read_body(max_bytes):
-    """The request body, refusing anything over `max_bytes` before reading it all."""
-    length = request.content_length
+def read_limited(stream, length, max_bytes):
+    """The body from `stream` (of `length` bytes when known), refusing anything over `max_bytes`
+    before reading it all."""
     if length is not None and length > max_bytes:
         raise PushTooLarge(f"body of {length} bytes exceeds {max_bytes}")
-    body = request.stream.read(max_bytes + 1)
+    body = stream.read(max_bytes + 1)
     if len(body) > max_bytes:
         raise PushTooLarge(f"body exceeds {max_bytes} bytes")
     return body
+
+
+def read_body(max_bytes):
+    """The Flask request's body, refusing anything over `max_bytes` before reading it all."""
+    return read_limited(request.stream, request.content_length, max_bytes)
 
 
 _SECONDS = re.compile(r"[0-9]{1,12}")
@@ -62,7 +76,7 @@ def decode_push(svc, args, body):
     return fields, fmt
 
 
-@bp.get("/wechat")
+@bp.get(PATH)
 def verify_url():
     """URL verification: echo `echostr` verbatim when the signature holds (protocol ref. 1.2)."""
     svc = current_app.extensions["wxkf"]
@@ -77,54 +91,100 @@ def verify_url():
     return _plain(a["echostr"])
 
 
-@bp.post("/wechat")
-def receive():
-    svc = current_app.extensions["wxkf"]
-    t0 = time.perf_counter()
+def wsgi(app, svc):
+    """`app` (Flask's WSGI callable) with POST /wechat answered in front of it."""
+    def dispatch(environ, start_response):
+        if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != PATH:
+            return app(environ, start_response)
+        started = time.perf_counter()
+        try:
+            status, body, ctype = receive(svc, environ, started)
+        except Exception:  # as Flask's handler would: logged with its traceback, answered 500
+            log.exception("unhandled error in the push handler")
+            status, body, ctype = 500, "internal error", _TEXT
+        data = body.encode()
+        start_response(_STATUS[status], [("Content-Type", ctype), ("Content-Length", str(len(data)))])
+        return _Sent(data, svc, time.perf_counter() - started) if status == 200 else [data]
+    return dispatch
+
+
+_STATUS = {200: "200 OK", 400: "400 BAD REQUEST", 403: "403 FORBIDDEN", 413: "413 REQUEST ENTITY TOO LARGE",
+           500: "500 INTERNAL SERVER ERROR", 503: "503 SERVICE UNAVAILABLE"}
+
+
+class _Sent(list):
+    """The answer's one chunk; once the server has sent it (WSGI's `close`), the push's time goes
+    into the latency histogram, so no flush of it can delay an answer."""
+
+    def __init__(self, data, svc, elapsed):
+        super().__init__((data,))
+        self.svc, self.elapsed = svc, elapsed
+
+    def close(self):
+        _observe(self.svc, self.elapsed)
+
+
+def _args(environ):
+    """The query string's parameters, the first of each name (as Flask's `request.args.get`)."""
+    out = {}
+    for name, value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
+        out.setdefault(name, value)
+    return out
+
+
+def _length(environ):
     try:
-        body = read_body(svc.config.max_body_bytes)
-        fields, fmt = decode_push(svc, request.args, body)
+        return max(0, int(environ["CONTENT_LENGTH"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def receive(svc, environ, started):
+    """One push, from its WSGI environ: (status, body, content type). `started`: when it arrived
+    (perf_counter), for the log line."""
+    args = _args(environ)
+    try:
+        body = read_limited(get_input_stream(environ, max_content_length=None), _length(environ),
+                            svc.config.max_body_bytes)
+        fields, fmt = decode_push(svc, args, body)
         inbound = push.to_inbound(fields, fmt)
     except PushError as exc:
         reason = type(exc).__name__
         log.warning("push refused %s %s: %s", exc.status, reason, exc)
         _count(svc, "wxkf_pushes_rejected_total", status=str(exc.status), reason=reason)
-        return _plain({403: "forbidden", 413: "too large"}.get(exc.status, "bad request"), exc.status)
+        return exc.status, {403: "forbidden", 413: "too large"}.get(exc.status, "bad request"), _TEXT
     if inbound is None:
         kind = str(fields.get("MsgType", ""))
         kind = kind if kind in push.MESSAGE_TYPES or kind == "event" else "other"  # never attacker text
         log.info("push ignored type=%s event=%r", kind, str(fields.get("Event", ""))[:40])
         _count(svc, "wxkf_pushes_ignored_total", type=kind)
-        return _plain("success")
+        return 200, "success", _TEXT
     escalation = _escalation(svc, inbound)
     try:
-        signed = (request.args.get("timestamp", ""), request.args.get("nonce", ""),
-                  hashlib.sha1(body).hexdigest(), 2 * svc.config.timestamp_window)
+        signed = (args.get("timestamp", ""), args.get("nonce", ""), hashlib.sha1(body).hexdigest(),
+                  2 * svc.config.timestamp_window)
         entry, held, started = svc.inbox.enqueue(inbound, escalation, svc.config.handoff_seconds, signed)
     except PushError as exc:  # a replayed signature with another body
         log.warning("push refused %s %s: %s", exc.status, type(exc).__name__, exc)
         _count(svc, "wxkf_pushes_rejected_total", status=str(exc.status), reason=type(exc).__name__)
-        return _plain("forbidden", exc.status)
+        return exc.status, "forbidden", _TEXT
     except redis.RedisError as exc:
         # Not acknowledged: WeChat retries, and nothing is lost while Redis comes back.
         log.error("push %s not queued, Redis unavailable: %s", inbound["id"], exc)
-        return _plain("service unavailable", 503)
-    body, ctype = "success", "text/plain; charset=utf-8"
+        return 503, "service unavailable", _TEXT
+    body, ctype = "success", _TEXT
     if held and inbound["type"] in push.MESSAGE_TYPES:
         # A human holds (or now takes) this shopper: WeChat forwards the message to its customer-
         # service tool. Retries of the same push get the same answer.
-        encrypted = request.args.get("encrypt_type") == "aes"
+        encrypted = args.get("encrypt_type") == "aes"
         body, ctype = replies.render(replies.transfer(inbound, svc.config.kf_account), inbound["format"],
-                                     svc.crypto if encrypted else None, request.args.get("nonce", ""),
-                                     request.args.get("timestamp"))
-    elapsed = time.perf_counter() - t0
+                                     svc.crypto if encrypted else None, args.get("nonce", ""),
+                                     args.get("timestamp"))
     log.info("push id=%s type=%s openid=%s %s%s in %.1f ms", inbound["id"], inbound["event"] or inbound["type"],
              inbound["openid"], "queued " + entry if entry else "duplicate dropped",
              (" handoff started: " + escalation[0]) if started else " held by a human" if held else "",
-             elapsed * 1000)
-    resp = current_app.response_class(body, 200, {"Content-Type": ctype})
-    resp.call_on_close(lambda: _observe(svc, elapsed))
-    return resp
+             (time.perf_counter() - started) * 1000)
+    return 200, body, ctype
 
 
 def _escalation(svc, inbound):
