@@ -66,3 +66,12 @@ def test_the_demo_wecom_keys_emptied_switch_the_channel_off():
     cfg = config_mod.load(env=dict(REAL, WXKF_CORPID="", WXKF_KF_SECRET="", WXKF_KF_TOKEN="", WXKF_KF_AES_KEY=""))
     assert not cfg.wecom_enabled
     assert config_mod.load(env=REAL).wecom_enabled
+
+
+@pytest.mark.parametrize("raw, problem", [("-2", "must be positive"), ("all", "expected a number")])
+def test_model_gpu_layers_takes_a_count_or_minus_one_for_all(raw, problem):
+    assert config_mod.load(env={"WXKF_MODEL_GPU_LAYERS": "-1"}).model_gpu_layers == -1
+    assert config_mod.load(env={"WXKF_MODEL_GPU_LAYERS": "12"}).model_gpu_layers == 12
+    assert config_mod.load(env={}).model_gpu_layers == 0
+    with pytest.raises(ConfigError, match=problem):
+        config_mod.load(env={"WXKF_MODEL_GPU_LAYERS": raw})

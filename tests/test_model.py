@@ -29,3 +29,18 @@ def test_grounded_completion_produces_chinese_text(llm):
     text = model.complete(llm, prompt, max_tokens=32)
     assert text.strip(), "the model produced nothing"
     assert any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def test_model_gpu_layers_reaches_llama_cpp_from_the_config(tmp_path):
+    """`model_gpu_layers` is what llama.cpp is asked to offload: the engine the worker builds loads the
+    model with it (this CPU build then runs every layer on the CPU, and answers the same)."""
+    from wxkf.dialogue.engine import engine_from_config
+    cfg = config_mod.load(env={"WXKF_MODEL_GPU_LAYERS": "7"}, knowledge=str(tmp_path / "kb"))
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "kb" / "faq.yaml").write_text(
+        "intents:\n  - id: hours\n    title: 营业时间\n    examples: [几点开门, 营业到几点, 周末开吗]\n"
+        "    answer: 每天9点到21点营业。\n", encoding="utf-8")
+    engine = engine_from_config(cfg, model_scoring=True)
+    assert engine.llm.model_params.n_gpu_layers == 7
+    assert engine.llm is not model.load(cfg.model_path)  # the default (0) is another load
+    assert model.load(cfg.model_path).model_params.n_gpu_layers == 0

@@ -144,7 +144,7 @@ def model(ctx, check):
     if check:
         from .dialogue import model as model_mod
         started = time.monotonic()
-        llm = model_mod.load(cfg.model_path)
+        llm = model_mod.load(cfg.model_path, gpu_layers=cfg.model_gpu_layers)
         text = model_mod.complete(llm, "用户：你好\n客服：", max_tokens=4)
         click.echo(f"model check: loaded and generated {text!r} in {time.monotonic() - started:.1f} s")
 

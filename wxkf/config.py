@@ -35,6 +35,7 @@ class Config:
     wecom_api_base: str = "https://qyapi.weixin.qq.com"
     knowledge: str = "knowledge"
     model: str = ""
+    model_gpu_layers: int = 0
     bind: str = "127.0.0.1:8000"
     var_dir: str = "var"
     web_workers: int = 4
@@ -121,8 +122,11 @@ DEMO = {"token": "wxkfdemotoken", "aes_key": "abcdefghijklmnopqrstuvwxyz01234567
 
 WECOM_KEYS = ("corpid", "kf_secret", "kf_token", "kf_aes_key")
 
-ZERO_OK = {"trusted_proxies", "redis_replicas", "worker_nice"}
+ZERO_OK = {"trusted_proxies", "redis_replicas", "worker_nice", "model_gpu_layers"}
 """Numeric keys for which 0 is meaningful."""
+
+ALL_OK = {"model_gpu_layers": -1}
+"""Numeric keys for which this negative value means "all" (llama.cpp's n_gpu_layers = -1)."""
 
 SECRET_KEYS = {"ops_token", "token", "aes_key", "secret", "kf_secret", "kf_token", "kf_aes_key", "console_secret"}
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -145,6 +149,8 @@ def _coerce(name, raw, problems):
         except (TypeError, ValueError):
             problems.append(f"{name}: expected a number, got {raw!r}")
             return None
+        if value == ALL_OK.get(name):
+            return value
         if value < 0 or (value == 0 and name not in ZERO_OK):
             problems.append(f"{name}: must be positive, got {raw!r}")
             return None

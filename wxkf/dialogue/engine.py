@@ -315,7 +315,7 @@ class DialogueEngine:
 
 def build_engine(knowledge_dir, model_path=None, model_scoring=True, generation=False, budget_seconds=0.8,
                  generation_budget=1.5, max_reply_chars=50, n_threads=2, background_reload=False, snapshot=None,
-                 model_escalation=True):
+                 model_escalation=True, gpu_layers=0):
     """The dialogue engine over a knowledge folder, as the worker and every CLI command build it.
     The model is loaded (once per process) when it scores intents or rephrases answers."""
     from .knowledge import KnowledgeStore
@@ -323,7 +323,7 @@ def build_engine(knowledge_dir, model_path=None, model_scoring=True, generation=
     llm = generator = None
     if model_path and (model_scoring or generation):
         from . import model
-        llm = model.load(model_path, n_threads=n_threads)
+        llm = model.load(model_path, n_threads=n_threads, gpu_layers=gpu_layers)
     if generation and llm is not None:
         from .generator import Generator
         generator = Generator(llm, budget_seconds=generation_budget, max_chars=max_reply_chars)
@@ -340,6 +340,6 @@ def engine_from_config(cfg, knowledge=None, generation=None, model_scoring=None,
                         generation=cfg.generation if generation is None else generation,
                         model_escalation=cfg.model_escalation, budget_seconds=cfg.understanding_budget,
                         generation_budget=cfg.generation_budget, max_reply_chars=cfg.max_reply_chars,
-                        background_reload=worker,
+                        background_reload=worker, gpu_layers=cfg.model_gpu_layers,
                         snapshot=cfg.var_path / "knowledge-last-good.json" if worker else None)
 

@@ -14,20 +14,25 @@ _lock = threading.Lock()
 _loaded = {}
 
 
-def load(path, n_ctx=2048, n_threads=2):
-    """The llama_cpp.Llama for `path`, loaded at most once per process."""
+def load(path, n_ctx=2048, n_threads=2, gpu_layers=0):
+    """The llama_cpp.Llama for `path`, loaded at most once per process. `gpu_layers`: layers
+    llama.cpp offloads to a GPU (-1: all), when llama-cpp-python was built with a GPU backend; a CPU
+    build runs every layer on the CPU whatever it says."""
     path = str(Path(path).resolve())
+    key = (path, gpu_layers)
     with _lock:
-        if path not in _loaded:
+        if key not in _loaded:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"model not found: {path} (run `wxkf model`)")
             import contextlib
             import io
             from llama_cpp import Llama
             with contextlib.redirect_stderr(io.StringIO()):  # llama.cpp's notices, printed via sys.stderr
-                _loaded[path] = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
-            log.info("model loaded: %s (chat template: %s)", Path(path).name, bool(chat_template(_loaded[path])))
-        return _loaded[path]
+                _loaded[key] = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=gpu_layers,
+                                     verbose=False)
+            log.info("model loaded: %s (chat template: %s, GPU layers asked: %s)", Path(path).name,
+                     bool(chat_template(_loaded[key])), gpu_layers)
+        return _loaded[key]
 
 
 def chat_template(llm):
