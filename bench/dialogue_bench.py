@@ -83,7 +83,28 @@ def ablation(llm, model_every=1):
     print()
 
 
+def machine_speed(llm):
+    """llama.cpp's own prompt-evaluation and decode speed on this machine now, printed beside every
+    latency figure: this VM's speed moves by 3x between days, and a latency means little without it
+    (the brief's reference: ~260 tokens/s prompt evaluation, ~33 tokens/s decode, 2 threads)."""
+    toks = llm.tokenize(("顾客：你好，请问你们的营业时间是几点到几点？周末也营业吗？我想周六下午过来看看，"
+                         "顺便问一下停车方便吗？" * 4).encode())
+    llm.reset()
+    started = time.perf_counter()
+    llm.eval(toks)
+    prompt = len(toks) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for tok in toks[:64]:
+        llm.eval([tok])
+    decode = 64 / (time.perf_counter() - started)
+    llm.reset()
+    return prompt, decode
+
+
 def latency(llm):
+    prompt_tps, decode_tps = machine_speed(llm)
+    print(f"## machine now: llama.cpp prompt evaluation {prompt_tps:.0f} tokens/s, decode {decode_tps:.1f} tokens/s "
+          f"(reference machine: ~260 and ~33)")
     folder = EVAL / "trades" / "telecom"
     engine = DialogueEngine(KnowledgeStore(folder / "knowledge"), llm=llm).warm_up()
     u = engine.understanding()
