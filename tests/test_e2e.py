@@ -217,3 +217,24 @@ def test_demo_wecom_customer_through_gunicorn_and_a_worker_process(stack, sandbo
         assert len(sandbox.state.kf.sent_to("wmDemoCustomer")) == 2
     finally:
         sandbox.state.webhook_url = None
+
+
+def test_gunicorn_hands_the_push_handler_chunked_and_oversize_bodies_as_flask_would(stack, builder, sandbox, r):
+    """Pushes are answered in front of Flask, on gunicorn's own WSGI input: a body sent in chunks (no
+    Content-Length) is read whole and queued; one over max_body_bytes is refused 413 whether its
+    length is announced or not; a method the URL does not take still gets Flask's 405."""
+    fields = builder.message("o_chunked", text="我的快递到哪了")
+    url, body = builder.request(fields, mode="safe")
+
+    def chunks(data, size=100):
+        yield from (data[i:i + size] for i in range(0, len(data), size))
+
+    resp = requests.post(stack.url + url, data=chunks(body), timeout=5)
+    assert resp.status_code == 200 and resp.text == "success"
+    assert wait_for(lambda: sum(r.xlen(keys.inbox(s)) for s in range(16)) == 1)
+    big = b"<xml>" + b"x" * 300_000 + b"</xml>"
+    url2, _ = builder.request(builder.message("o_big", text="hi"), mode="safe")
+    assert requests.post(stack.url + url2, data=chunks(big, 65536), timeout=5).status_code == 413
+    assert requests.post(stack.url + url2, data=big, timeout=5).status_code == 413
+    assert requests.put(stack.url + url, data=body, timeout=5).status_code == 405
+    assert sum(r.xlen(keys.inbox(s)) for s in range(16)) == 1
