@@ -218,3 +218,24 @@ def test_a_question_that_shares_no_word_with_its_intent_is_offered_it_not_the_fa
     decision = say(hotel, "小泰迪放包里带上去行不行")
     assert decision.source in ("knowledge", "suggest")
     assert decision.intent == "pets" or "pets" in decision.suggestions
+
+
+def test_a_question_word_matching_is_sure_of_is_answered_with_no_model_call(llm, monkeypatch):
+    """Issue 7: a confident knowledge answer goes out with no model call. In the demo shop "微信付款失败
+    怎么回事" is sure by its words: neither the escalation reader's reading nor intent scoring runs. A
+    message word matching is not sure of is still read (escalations no rule word names)."""
+    engine = DialogueEngine(KnowledgeStore(ROOT / "knowledge"), llm=llm).warm_up()
+    u = engine.understanding()
+    calls = []
+    for name in ("read", "score"):
+        real = getattr(u.scorer, name)
+        monkeypatch.setattr(u.scorer, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    assert u.lexically_sure("微信付款失败怎么回事")
+    d = say(engine, "微信付款失败怎么回事")
+    assert d.action == Action.REPLY and d.source == "knowledge" and d.intent == "payment", d
+    assert calls == []
+    d = say(engine, "在吗？微信付款失败怎么回事")  # politeness set aside: still one known question
+    assert d.intent == "payment" and calls == []
+    assert not u.lexically_sure("我爸在店门口突然倒地了 叫他也没反应")
+    assert say(engine, "我爸在店门口突然倒地了 叫他也没反应").action == Action.ESCALATE
+    assert "read" in calls

@@ -180,13 +180,22 @@ class DialogueEngine:
                                             skip=escalation_mod.VETOABLE)
         if esc is None and self._repeated(text, conversation):
             esc = escalation_mod.Escalation("repeated_failure", escalation_mod.PRIORITY["repeated_failure"], "repeat")
-        if esc is None and self.reader is not None and u.scorer is not None and not escalation_mod.defused(text):
+        if esc is None and self.reader is not None and u.scorer is not None and not escalation_mod.defused(text) \
+                and not self._known_question(text, u):
             reading = reading if reading is not None else u.scorer.read(text)
             esc = self.reader.detect(reading)  # what no cue word says: "叫他也没反应"
         if esc is not None:
             return Decision(Action.ESCALATE, kb.escalation_reply, source="escalate", reason=esc.reason,
                             priority=esc.priority)
         return self._understand(text, conversation, u, reading)
+
+    @staticmethod
+    def _known_question(text, u):
+        """One question word matching is sure of ("我的快递到哪了" in a shop): answered with no model
+        call at all. The escalation rules have read it; the model's reading, which finds escalations
+        no rule word names, is spent on messages that are not plainly a question the shop lists."""
+        parts = segment.clauses(text)
+        return len(parts) == 1 and u.lexically_sure(parts[0])
 
     def _understand(self, text, conversation, u, reading=None):
         """`reading`: the model's reading of the whole message, which proposes candidate intents for a

@@ -101,6 +101,11 @@ class Understanding:
         self.budget = budget_seconds
         self.clock = clock
 
+    def lexically_sure(self, text):
+        """Word matching alone is sure what `text` asks (no model call is needed to answer it)."""
+        lex = self.lexical.rank(text)
+        return bool(lex) and lex[0].confidence >= self.cal.lexical_sure
+
     def read(self, text, reading=None):
         """The ranked intents for `text`; `reading` (ModelScorer.read of it) proposes candidates too."""
         started = self.clock()
