@@ -1,6 +1,8 @@
 """Record the level every trade reached as its CI gate (tests/eval/gates.json).
 
     .venv/bin/python bench/write_gates.py [--print-only] [--ci] [trade ...]
+    .venv/bin/python bench/write_gates.py [--ci] --from run.log   # the gates of a run printed earlier
+    ... --merge: keep, figure by figure, the looser of the gate already written and the new one
 
 With trade names, only those are measured again and merged into the existing gates.json. With
 `--ci`, every CI_EVERY-th case only, into gates-ci.json: the sample CI runs (tests/test_trades.py).
@@ -33,12 +35,51 @@ RATES = {"answered_right": ("in_scope", +1), "escalation_recall": ("escalations"
          "lookalikes_escalated": ("lookalikes", -1)}
 
 
+def gate_of(f):
+    """The gate for a trade's figures: each one case looser than reached."""
+    gate = {}
+    for key, (count, direction) in RATES.items():
+        n = f[count] or 1
+        value = f[key] if f[key] is not None else (0.0 if direction > 0 else 1.0)
+        gate[key] = round(max(0.0, min(1.0, value - direction / n)), 4)
+    gate["ordinary_escalated"] = f["ordinary_escalated"] + 1
+    return gate
+
+
+def _looser(old, new):
+    """With --merge: the looser of the gate already written and the new one, figure by figure.
+    Another CPU's matrix kernels round the model's scores differently and move a few borderline
+    cases (seen between the VM of earlier sessions and an AMD EPYC with AVX-512, same code): the
+    gate is then the level the same code reached on every machine it was written on, still one case
+    looser, not the last machine's alone."""
+    if not old:
+        return new
+    out = {}
+    for key, value in new.items():
+        higher = key in RATES and RATES[key][1] > 0
+        out[key] = min(value, old.get(key, value)) if higher else max(value, old.get(key, value))
+    return out
+
+
 def main():
-    llm = model.load(config_mod.load(env={}).model_path)
-    only = [a for a in sys.argv[1:] if not a.startswith("--")]
+    args = sys.argv[1:]
+    source = args[args.index("--from") + 1] if "--from" in args else None
+    only = [a for a in args if not a.startswith("--") and a != source]
     ci = "--ci" in sys.argv
     target = EVAL / ("gates-ci.json" if ci else "gates.json")
     gates = json.loads(target.read_text()) if only else {}
+    merge = "--merge" in sys.argv
+    old = json.loads(target.read_text()) if merge else {}
+    if source:
+        # The lines an earlier run printed ("kind trade {figures}"): its gates, without running again.
+        for line in Path(source).read_text().splitlines():
+            kind, name, figures = (line.split(" ", 2) + ["", ""])[:3]
+            if kind in ("trades", "blind") and (not only or name in only):
+                gates[name] = _looser(old.get(name), gate_of(json.loads(figures)))
+        target.write_text(json.dumps(gates, ensure_ascii=False, indent=2) + "\n")
+        print(f"wrote {target} from {len(gates)} trades")
+        return
+    llm = model.load(config_mod.load(env={}).model_path)
     for kind in ("trades", "blind"):
         for folder in sorted((EVAL / kind).iterdir()):
             if not (folder / "cases.tsv").exists() or (only and folder.name not in only):
@@ -46,13 +87,7 @@ def main():
             engine = DialogueEngine(KnowledgeStore(folder / "knowledge"), llm=llm).warm_up()
             cases = read_cases(folder / "cases.tsv")
             f = evaluate_engine(folder.name, cases[::CI_EVERY] if ci else cases, engine).figures()
-            gate = {}
-            for key, (count, direction) in RATES.items():
-                n = f[count] or 1
-                value = f[key] if f[key] is not None else (0.0 if direction > 0 else 1.0)
-                gate[key] = round(max(0.0, min(1.0, value - direction / n)), 4)
-            gate["ordinary_escalated"] = f["ordinary_escalated"] + 1
-            gates[folder.name] = gate
+            gates[folder.name] = _looser(old.get(folder.name), gate_of(f))
             print(kind, folder.name, json.dumps(f, ensure_ascii=False), flush=True)
     if "--print-only" not in sys.argv:
         target.write_text(json.dumps(gates, ensure_ascii=False, indent=2) + "\n")
