@@ -67,7 +67,7 @@ def main():
     only = [a for a in args if not a.startswith("--") and a != source]
     ci = "--ci" in sys.argv
     target = EVAL / ("gates-ci.json" if ci else "gates.json")
-    gates = json.loads(target.read_text()) if only else {}
+    gates = json.loads(target.read_text()) if only or source else {}
     merge = "--merge" in sys.argv
     old = json.loads(target.read_text()) if merge else {}
     if source:
