@@ -13,6 +13,7 @@ import hashlib
 import logging
 import re
 import time
+from http import HTTPStatus
 from urllib.parse import parse_qsl
 
 import redis
@@ -103,13 +104,13 @@ def wsgi(app, svc):
             log.exception("unhandled error in the push handler")
             status, body, ctype = 500, "internal error", _TEXT
         data = body.encode()
-        start_response(_STATUS[status], [("Content-Type", ctype), ("Content-Length", str(len(data)))])
+        start_response(_status_line(status), [("Content-Type", ctype), ("Content-Length", str(len(data)))])
         return _Sent(data, svc, time.perf_counter() - started) if status == 200 else [data]
     return dispatch
 
 
-_STATUS = {200: "200 OK", 400: "400 BAD REQUEST", 403: "403 FORBIDDEN", 413: "413 REQUEST ENTITY TOO LARGE",
-           500: "500 INTERNAL SERVER ERROR", 503: "503 SERVICE UNAVAILABLE"}
+def _status_line(status):
+    return f"{status} {HTTPStatus(status).phrase.upper()}"
 
 
 class _Sent(list):
