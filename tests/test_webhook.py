@@ -384,3 +384,17 @@ def test_the_first_of_a_repeated_query_parameter_is_the_one_checked(client, buil
     forged = url.replace("signature=", "signature=0000&signature=", 1)
     assert client.post(forged, data=body).status_code == 403
     assert queued(r) == 1
+
+
+def test_the_push_log_line_gives_the_push_own_handling_time(client, builder, caplog):
+    """"queued ... in X ms" is the time this push took: never more than the request itself took
+    (the handoff flag once shadowed the arrival time and logged a clock reading instead)."""
+    import time
+    url, body = builder.request(builder.message("o_timed", text="我的快递到哪了"))
+    with caplog.at_level("INFO", logger="wxkf.webhook"):
+        before = time.perf_counter()
+        assert client.post(url, data=body).data == b"success"
+        took_ms = (time.perf_counter() - before) * 1000
+    line = next(rec.getMessage() for rec in caplog.records if "queued" in rec.getMessage())
+    logged = float(re.search(r" in ([0-9.]+) ms$", line).group(1))
+    assert 0 <= logged <= took_ms + 0.1, (line, took_ms)
