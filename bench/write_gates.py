@@ -61,24 +61,8 @@ def _looser(old, new):
     return out
 
 
-def main():
-    args = sys.argv[1:]
-    source = args[args.index("--from") + 1] if "--from" in args else None
-    only = [a for a in args if not a.startswith("--") and a != source]
-    ci = "--ci" in sys.argv
-    target = EVAL / ("gates-ci.json" if ci else "gates.json")
-    gates = json.loads(target.read_text()) if only or source else {}
-    merge = "--merge" in sys.argv
-    old = json.loads(target.read_text()) if merge else {}
-    if source:
-        # The lines an earlier run printed ("kind trade {figures}"): its gates, without running again.
-        for line in Path(source).read_text().splitlines():
-            kind, name, figures = (line.split(" ", 2) + ["", ""])[:3]
-            if kind in ("trades", "blind") and (not only or name in only):
-                gates[name] = _looser(old.get(name), gate_of(json.loads(figures)))
-        target.write_text(json.dumps(gates, ensure_ascii=False, indent=2) + "\n")
-        print(f"wrote {target} from {len(gates)} trades")
-        return
+def _measured(only, ci):
+    """(kind, trade, figures) of each trade run now through the whole engine, printed as it goes."""
     llm = model.load(config_mod.load(env={}).model_path)
     for kind in ("trades", "blind"):
         for folder in sorted((EVAL / kind).iterdir()):
@@ -87,9 +71,29 @@ def main():
             engine = DialogueEngine(KnowledgeStore(folder / "knowledge"), llm=llm).warm_up()
             cases = read_cases(folder / "cases.tsv")
             f = evaluate_engine(folder.name, cases[::CI_EVERY] if ci else cases, engine).figures()
-            gates[folder.name] = _looser(old.get(folder.name), gate_of(f))
             print(kind, folder.name, json.dumps(f, ensure_ascii=False), flush=True)
-    if "--print-only" not in sys.argv:
+            yield kind, folder.name, f
+
+
+def _printed(source, only):
+    """The same, from the lines an earlier run printed ("kind trade {figures}"), without running."""
+    for line in Path(source).read_text().splitlines():
+        kind, name, figures = (line.split(" ", 2) + ["", ""])[:3]
+        if kind in ("trades", "blind") and (not only or name in only):
+            yield kind, name, json.loads(figures)
+
+
+def main():
+    args = sys.argv[1:]
+    source = args[args.index("--from") + 1] if "--from" in args else None
+    only = [a for a in args if not a.startswith("--") and a != source]
+    target = EVAL / ("gates-ci.json" if "--ci" in args else "gates.json")
+    written = json.loads(target.read_text()) if only or source or "--merge" in args else {}
+    old = written if "--merge" in args else {}
+    gates = dict(written) if only or source else {}
+    for _, name, f in (_printed(source, only) if source else _measured(only, "--ci" in args)):
+        gates[name] = _looser(old.get(name), gate_of(f))
+    if "--print-only" not in args:
         target.write_text(json.dumps(gates, ensure_ascii=False, indent=2) + "\n")
         print(f"wrote {target}")
 
